@@ -1,0 +1,633 @@
+
+/*
+ * Copyright (C) ngx_http_ratelimit_policy_module authors
+ *
+ * Per-instance rate-limit policies for a WhatsApp API gateway: the policy
+ * API, entitlements from PostgreSQL cached in shared memory, enforcement.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_ratelimit_policy_common.h"
+#include "ngx_http_ratelimit_policy_api.h"
+#include "ngx_http_ratelimit_policy_cache.h"
+#include "ngx_http_ratelimit_policy_pg.h"
+#include "ngx_http_ratelimit_policy_shm.h"
+#include "ngx_http_ratelimit_policy_variables.h"
+
+
+#define NGX_HTTP_RATELIMIT_POLICY_DEFAULT_SLUG  "standard_policy"
+
+
+static ngx_int_t ngx_http_ratelimit_policy_preconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_http_ratelimit_policy_postconfiguration(ngx_conf_t *cf);
+static void *ngx_http_ratelimit_policy_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_ratelimit_policy_init_main_conf(ngx_conf_t *cf,
+    void *conf);
+static void *ngx_http_ratelimit_policy_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_ratelimit_policy_merge_loc_conf(ngx_conf_t *cf,
+    void *parent, void *child);
+static char *ngx_http_ratelimit_policy_db(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_ratelimit_policy_zone(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_ratelimit_policy_cache_ttl(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_ratelimit_policy_default(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_ratelimit_policy_api(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static void ngx_http_ratelimit_policy_needs_db(ngx_conf_t *cf,
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf);
+static ngx_int_t ngx_http_ratelimit_policy_init_process(ngx_cycle_t *cycle);
+static void ngx_http_ratelimit_policy_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_command_t  ngx_http_ratelimit_policy_commands[] = {
+
+    { ngx_string("ratelimit_policy_db"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_ratelimit_policy_db,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ratelimit_policy_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_ratelimit_policy_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ratelimit_policy_instance"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_policy_loc_conf_t, instance),
+      NULL },
+
+    { ngx_string("ratelimit_policy_token"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_policy_loc_conf_t, token),
+      NULL },
+
+    { ngx_string("ratelimit_policy_cache_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_ratelimit_policy_cache_ttl,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ratelimit_policy_default"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_ratelimit_policy_default,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ratelimit_policy_api"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_ratelimit_policy_api,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_ratelimit_policy_module_ctx = {
+    ngx_http_ratelimit_policy_preconfiguration,   /* preconfiguration */
+    ngx_http_ratelimit_policy_postconfiguration,  /* postconfiguration */
+
+    ngx_http_ratelimit_policy_create_main_conf,   /* create main configuration */
+    ngx_http_ratelimit_policy_init_main_conf,     /* init main configuration */
+
+    NULL,                                         /* create server configuration */
+    NULL,                                         /* merge server configuration */
+
+    ngx_http_ratelimit_policy_create_loc_conf,    /* create location configuration */
+    ngx_http_ratelimit_policy_merge_loc_conf      /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_ratelimit_policy_module = {
+    NGX_MODULE_V1,
+    &ngx_http_ratelimit_policy_module_ctx,        /* module context */
+    ngx_http_ratelimit_policy_commands,           /* module directives */
+    NGX_HTTP_MODULE,                              /* module type */
+    NULL,                                         /* init master */
+    NULL,                                         /* init module */
+    ngx_http_ratelimit_policy_init_process,       /* init process */
+    NULL,                                         /* init thread */
+    NULL,                                         /* exit thread */
+    ngx_http_ratelimit_policy_exit_process,       /* exit process */
+    NULL,                                         /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_preconfiguration(ngx_conf_t *cf)
+{
+    return ngx_http_ratelimit_policy_add_variables(cf);
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
+
+    rpmcf = ngx_http_conf_get_module_main_conf(cf,
+                                             ngx_http_ratelimit_policy_module);
+
+    if (rpmcf->needs_db.len == 0) {
+        return NGX_OK;
+    }
+
+    if (rpmcf->conninfo.len == 0) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"%V\" requires \"ratelimit_policy_db\" in %s:%ui",
+                      &rpmcf->needs_db, rpmcf->needs_file,
+                      rpmcf->needs_line);
+        return NGX_ERROR;
+    }
+
+    if (rpmcf->shm_zone == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"%V\" requires \"ratelimit_policy_zone\" in %s:%ui",
+                      &rpmcf->needs_db, rpmcf->needs_file,
+                      rpmcf->needs_line);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_ratelimit_policy_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
+
+    rpmcf = ngx_pcalloc(cf->pool,
+                        sizeof(ngx_http_ratelimit_policy_main_conf_t));
+    if (rpmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     rpmcf->conninfo = { 0, NULL };
+     *     rpmcf->pg_keywords = NULL;
+     *     rpmcf->pg_values = NULL;
+     *     rpmcf->shm_zone = NULL;
+     *     rpmcf->default_slug = { 0, NULL };
+     *     rpmcf->needs_db = { 0, NULL };
+     *     rpmcf->pg = NULL;
+     */
+
+    rpmcf->pool_size = NGX_CONF_UNSET_UINT;
+    rpmcf->queue_size = NGX_CONF_UNSET_UINT;
+    rpmcf->connect_timeout = NGX_CONF_UNSET_MSEC;
+    rpmcf->query_timeout = NGX_CONF_UNSET_MSEC;
+    rpmcf->cache_ttl = NGX_CONF_UNSET_MSEC;
+    rpmcf->negative_ttl = NGX_CONF_UNSET_MSEC;
+
+    return rpmcf;
+}
+
+
+static char *
+ngx_http_ratelimit_policy_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf = conf;
+
+    ngx_conf_init_uint_value(rpmcf->pool_size, 4);
+    ngx_conf_init_uint_value(rpmcf->queue_size, 256);
+    ngx_conf_init_msec_value(rpmcf->connect_timeout, 3000);
+    ngx_conf_init_msec_value(rpmcf->query_timeout, 3000);
+    ngx_conf_init_msec_value(rpmcf->cache_ttl, 30000);
+    ngx_conf_init_msec_value(rpmcf->negative_ttl, 5000);
+
+    if (rpmcf->default_slug.data == NULL) {
+        ngx_str_set(&rpmcf->default_slug,
+                    NGX_HTTP_RATELIMIT_POLICY_DEFAULT_SLUG);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_ratelimit_policy_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_ratelimit_policy_loc_conf_t  *rpcf;
+
+    rpcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_ratelimit_policy_loc_conf_t));
+    if (rpcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     rpcf->instance = NULL;
+     *     rpcf->token = NULL;
+     */
+
+    rpcf->api = NGX_CONF_UNSET;
+
+    return rpcf;
+}
+
+
+static char *
+ngx_http_ratelimit_policy_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child)
+{
+    ngx_http_ratelimit_policy_loc_conf_t  *prev = parent;
+    ngx_http_ratelimit_policy_loc_conf_t  *conf = child;
+
+    if (conf->instance == NULL) {
+        conf->instance = prev->instance;
+    }
+
+    if (conf->token == NULL) {
+        conf->token = prev->token;
+    }
+
+    ngx_conf_merge_value(conf->api, prev->api, 0);
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_ratelimit_policy_db(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value, s;
+    ngx_msec_t   ms;
+    ngx_uint_t   i;
+
+    if (rpmcf->conninfo.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty connection string");
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "pool=", 5) == 0) {
+
+            n = ngx_atoi(value[i].data + 5, value[i].len - 5);
+            if (n < 1 || n > 256) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid pool size \"%V\", "
+                                   "it must be from 1 to 256", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            rpmcf->pool_size = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "queue=", 6) == 0) {
+
+            n = ngx_atoi(value[i].data + 6, value[i].len - 6);
+            if (n < 0 || n > 65536) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid queue size \"%V\", "
+                                   "it must be from 0 to 65536", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            rpmcf->queue_size = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "connect_timeout=", 16) == 0) {
+
+            s.data = value[i].data + 16;
+            s.len = value[i].len - 16;
+
+            ms = ngx_parse_time(&s, 0);
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid connect_timeout \"%V\"",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            rpmcf->connect_timeout = ms;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "query_timeout=", 14) == 0) {
+
+            s.data = value[i].data + 14;
+            s.len = value[i].len - 14;
+
+            ms = ngx_parse_time(&s, 0);
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid query_timeout \"%V\"",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            rpmcf->query_timeout = ms;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_init_msec_value(rpmcf->query_timeout, 3000);
+
+    rpmcf->conninfo = value[1];
+
+    return ngx_http_ratelimit_policy_pg_conninfo(cf, rpmcf, &value[1]);
+}
+
+
+static char *
+ngx_http_ratelimit_policy_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf = conf;
+
+    u_char                             *p;
+    ssize_t                             size;
+    ngx_str_t                          *value, name, s;
+    ngx_http_ratelimit_policy_shctx_t  *ctx;
+
+    if (rpmcf->shm_zone) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strncmp(value[1].data, "zone=", 5) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    name.data = value[1].data + 5;
+
+    p = (u_char *) ngx_strchr(name.data, ':');
+
+    if (p == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    name.len = p - name.data;
+
+    if (name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone name \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    s.data = p + 1;
+    s.len = value[1].data + value[1].len - s.data;
+
+    size = ngx_parse_size(&s);
+
+    if (size == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid zone size \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (size < (ssize_t) (16 * ngx_pagesize)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" is too small, it must be at least "
+                           "%uz bytes", &value[1], 16 * ngx_pagesize);
+        return NGX_CONF_ERROR;
+    }
+
+    ctx = ngx_pcalloc(cf->pool, sizeof(ngx_http_ratelimit_policy_shctx_t));
+    if (ctx == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ctx->name = name;
+
+    rpmcf->shm_zone = ngx_shared_memory_add(cf, &name, size,
+                                            &ngx_http_ratelimit_policy_module);
+    if (rpmcf->shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (rpmcf->shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "ratelimit_policy_zone \"%V\" is already defined",
+                           &name);
+        return NGX_CONF_ERROR;
+    }
+
+    rpmcf->shm_zone->init = ngx_http_ratelimit_policy_shm_init_zone;
+    rpmcf->shm_zone->data = ctx;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_ratelimit_policy_cache_ttl(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf = conf;
+
+    ngx_str_t   *value, s;
+    ngx_msec_t   ms;
+
+    if (rpmcf->cache_ttl != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    ms = ngx_parse_time(&value[1], 0);
+    if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid cache time \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    rpmcf->cache_ttl = ms;
+
+    if (cf->args->nelts == 2) {
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strncmp(value[2].data, "negative=", 9) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    s.data = value[2].data + 9;
+    s.len = value[2].len - 9;
+
+    ms = ngx_parse_time(&s, 0);
+    if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid negative cache time \"%V\"", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    rpmcf->negative_ttl = ms;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_ratelimit_policy_default(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf = conf;
+
+    u_char      c;
+    ngx_str_t  *value;
+    ngx_uint_t  i;
+
+    if (rpmcf->default_slug.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0
+        || value[1].len > NGX_HTTP_RATELIMIT_POLICY_SLUG_MAX)
+    {
+        goto invalid;
+    }
+
+    for (i = 0; i < value[1].len; i++) {
+        c = value[1].data[i];
+
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z')
+              || (c >= 'A' && c <= 'Z') || c == '_' || c == '-' || c == '.'))
+        {
+            goto invalid;
+        }
+    }
+
+    rpmcf->default_slug = value[1];
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid policy slug \"%V\", it must be 1 to 64 "
+                       "letters, digits, \"_\", \"-\" or \".\"", &value[1]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_ratelimit_policy_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_ratelimit_policy_loc_conf_t  *rpcf = conf;
+
+    ngx_http_core_loc_conf_t               *clcf;
+
+    if (rpcf->api != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    rpcf->api = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_ratelimit_policy_api_handler;
+
+    ngx_http_ratelimit_policy_needs_db(cf,
+        ngx_http_conf_get_module_main_conf(cf,
+                                           ngx_http_ratelimit_policy_module));
+
+    return NGX_CONF_OK;
+}
+
+
+static void
+ngx_http_ratelimit_policy_needs_db(ngx_conf_t *cf,
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf)
+{
+    ngx_str_t  *value;
+
+    if (rpmcf->needs_db.len) {
+        return;
+    }
+
+    value = cf->args->elts;
+
+    rpmcf->needs_db = value[0];
+    rpmcf->needs_file = cf->conf_file->file.name.data;
+    rpmcf->needs_line = cf->conf_file->line;
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        /* not in the cache manager and loader */
+        return NGX_OK;
+    }
+
+    rpmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                             ngx_http_ratelimit_policy_module);
+
+    if (rpmcf == NULL || rpmcf->conninfo.len == 0 || rpmcf->shm_zone == NULL)
+    {
+        return NGX_OK;
+    }
+
+    if (ngx_http_ratelimit_policy_pg_init_process(cycle, rpmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_ratelimit_policy_cache_init_process(cycle, rpmcf);
+}
+
+
+static void
+ngx_http_ratelimit_policy_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
+
+    rpmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                             ngx_http_ratelimit_policy_module);
+
+    if (rpmcf != NULL) {
+        ngx_http_ratelimit_policy_pg_exit_process(cycle, rpmcf);
+    }
+}

@@ -1,0 +1,50 @@
+
+/*
+ * Copyright (C) ngx_http_ratelimit_policy_module authors
+ */
+
+
+#ifndef _NGX_HTTP_RATELIMIT_POLICY_API_H_INCLUDED_
+#define _NGX_HTTP_RATELIMIT_POLICY_API_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_ratelimit_policy_common.h"
+#include "ngx_http_ratelimit_policy_cache.h"
+
+
+typedef struct {
+    ngx_http_ratelimit_policy_lookup_t   lookup;
+
+    ngx_str_t                            instance;   /* validated */
+    ngx_str_t                            policy;     /* effective slug */
+    ngx_http_ratelimit_policy_policy_t  *effective;
+} ngx_http_ratelimit_policy_ctx_t;
+
+
+ngx_int_t ngx_http_ratelimit_policy_api_handler(ngx_http_request_t *r);
+
+/*
+ * Reads and checks the instance id and the token of a request; on failure
+ * *code / *message / *status say why.
+ */
+ngx_int_t ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_ctx_t *ctx, ngx_uint_t *status,
+    const char **code, const char **message);
+
+/* after the lookup: NGX_OK, or the error to answer with */
+ngx_int_t ngx_http_ratelimit_policy_authorize(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_ctx_t *ctx, ngx_uint_t *status,
+    const char **code, const char **message);
+
+ngx_int_t ngx_http_ratelimit_policy_send_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *message,
+    ngx_str_t *current_policy);
+
+ngx_int_t ngx_http_ratelimit_policy_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_chain_t *out, size_t len);
+
+
+#endif /* _NGX_HTTP_RATELIMIT_POLICY_API_H_INCLUDED_ */

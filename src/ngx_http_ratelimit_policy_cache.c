@@ -1,0 +1,1005 @@
+
+/*
+ * Copyright (C) ngx_http_ratelimit_policy_module authors
+ *
+ * The entitlement cache and the policy catalogue, both in the zone.
+ *
+ * A request whose entry is fresh never reaches PostgreSQL.  On a miss the
+ * entry is marked as loading by this worker; other requests of this worker
+ * for the same instance wait on the same query, requests of other workers
+ * look at the zone again every few milliseconds until the loader is done
+ * (or its deadline passed and they take over).  An invalidation bumps the
+ * entry's version, so a lookup that was already in flight does not cache
+ * the row it read before the change.  When PostgreSQL cannot answer, an
+ * entry that is no longer fresh is still served ("stale if error").
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_ratelimit_policy_cache.h"
+#include "ngx_http_ratelimit_policy_json.h"
+
+
+#define NGX_HTTP_RATELIMIT_POLICY_POLL       5
+#define NGX_HTTP_RATELIMIT_POLICY_MAX_ROUNDS 4000
+
+
+typedef struct {
+    ngx_rbtree_node_t                      node;
+    u_char                                 instance[
+                                       NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN
+                                       + 1];
+    u_char                                 digest[
+                                       NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN];
+    ngx_uint_t                             version;
+    ngx_uint_t                             epoch;
+    ngx_queue_t                            waiters;
+    ngx_http_ratelimit_policy_pg_query_t   query;
+} ngx_http_ratelimit_policy_pending_t;
+
+
+typedef struct {
+    ngx_http_ratelimit_policy_pg_query_t   query;
+    ngx_queue_t                            waiters;
+    ngx_uint_t                             active;
+    ngx_uint_t                             version;
+} ngx_http_ratelimit_policy_catalog_loader_t;
+
+
+static ngx_int_t ngx_http_ratelimit_policy_catalog_ensure(
+    ngx_http_ratelimit_policy_lookup_t *lk);
+static void ngx_http_ratelimit_policy_catalog_loaded(
+    ngx_http_ratelimit_policy_pg_query_t *q);
+static ngx_int_t ngx_http_ratelimit_policy_entitlement(
+    ngx_http_ratelimit_policy_lookup_t *lk);
+static void ngx_http_ratelimit_policy_entitlement_loaded(
+    ngx_http_ratelimit_policy_pg_query_t *q);
+static ngx_int_t ngx_http_ratelimit_policy_parse_row(PGresult *res,
+    ngx_http_ratelimit_policy_lookup_t *row, ngx_log_t *log);
+static void ngx_http_ratelimit_policy_copy_node(
+    ngx_http_ratelimit_policy_lookup_t *lk,
+    ngx_http_ratelimit_policy_node_t *node);
+static void ngx_http_ratelimit_policy_store_node(
+    ngx_http_ratelimit_policy_node_t *node,
+    ngx_http_ratelimit_policy_lookup_t *row, ngx_msec_t ttl,
+    ngx_uint_t epoch);
+static ngx_uint_t ngx_http_ratelimit_policy_fresh(
+    ngx_http_ratelimit_policy_shctx_t *ctx,
+    ngx_http_ratelimit_policy_node_t *node);
+static void ngx_http_ratelimit_policy_wait(
+    ngx_http_ratelimit_policy_lookup_t *lk);
+static void ngx_http_ratelimit_policy_poll_handler(ngx_event_t *ev);
+static void ngx_http_ratelimit_policy_again(
+    ngx_http_ratelimit_policy_lookup_t *lk);
+static ngx_http_ratelimit_policy_pending_t *
+    ngx_http_ratelimit_policy_pending_find(u_char *instance);
+
+
+static ngx_http_ratelimit_policy_main_conf_t  *ngx_http_ratelimit_policy_conf;
+static ngx_http_ratelimit_policy_catalog_t    *ngx_http_ratelimit_policy_local;
+static ngx_atomic_uint_t                       ngx_http_ratelimit_policy_gen;
+static ngx_http_ratelimit_policy_catalog_loader_t
+                                            ngx_http_ratelimit_policy_loader;
+static ngx_rbtree_t                         ngx_http_ratelimit_policy_pending;
+static ngx_rbtree_node_t              ngx_http_ratelimit_policy_pending_sentinel;
+
+
+ngx_int_t
+ngx_http_ratelimit_policy_cache_init_process(ngx_cycle_t *cycle,
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf)
+{
+    ngx_http_ratelimit_policy_conf = rpmcf;
+    ngx_http_ratelimit_policy_local = NULL;
+    ngx_http_ratelimit_policy_gen = 0;
+
+    ngx_memzero(&ngx_http_ratelimit_policy_loader,
+                sizeof(ngx_http_ratelimit_policy_catalog_loader_t));
+    ngx_queue_init(&ngx_http_ratelimit_policy_loader.waiters);
+
+    ngx_rbtree_init(&ngx_http_ratelimit_policy_pending,
+                    &ngx_http_ratelimit_policy_pending_sentinel,
+                    ngx_rbtree_insert_value);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_ratelimit_policy_resolve(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_lookup_t *lk)
+{
+    ngx_int_t  rc;
+
+    lk->request = r;
+    lk->db_rc = NGX_HTTP_RATELIMIT_POLICY_PG_OK;
+    lk->stale = 0;
+    lk->waiting = 0;
+
+    if (++lk->rounds > NGX_HTTP_RATELIMIT_POLICY_MAX_ROUNDS) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "ratelimit_policy: gave up waiting for a lookup");
+        lk->catalog = NULL;
+        lk->db_rc = NGX_HTTP_RATELIMIT_POLICY_PG_TIMEOUT;
+        return NGX_OK;
+    }
+
+    rc = ngx_http_ratelimit_policy_catalog_ensure(lk);
+
+    if (rc == NGX_AGAIN) {
+        return NGX_AGAIN;
+    }
+
+    if (rc != NGX_OK) {
+        /* no catalogue at all: lk->db_rc says why */
+        lk->catalog = NULL;
+        return NGX_OK;
+    }
+
+    lk->catalog = ngx_http_ratelimit_policy_local;
+
+    return ngx_http_ratelimit_policy_entitlement(lk);
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_catalog_ensure(ngx_http_ratelimit_policy_lookup_t *lk)
+{
+    u_char                                *p;
+    ngx_msec_t                             now;
+    ngx_uint_t                             start, have;
+    ngx_http_ratelimit_policy_sh_t        *sh;
+    ngx_http_ratelimit_policy_shctx_t     *ctx;
+    ngx_http_ratelimit_policy_pg_query_t  *q;
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf;
+
+    rpmcf = ngx_http_ratelimit_policy_conf;
+    ctx = rpmcf->shm_zone->data;
+    sh = ctx->sh;
+
+    /* the common case: this worker's copy is current and fresh */
+
+    now = ngx_current_msec;
+
+    if (ngx_http_ratelimit_policy_local != NULL
+        && ngx_http_ratelimit_policy_gen == sh->catalog_gen
+        && (ngx_msec_int_t) (sh->catalog_expires - now) > 0)
+    {
+        return NGX_OK;
+    }
+
+    start = 0;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    if ((sh->catalog == NULL
+         || (ngx_msec_int_t) (sh->catalog_expires - now) <= 0)
+        && (sh->catalog_loading == 0
+            || (ngx_msec_int_t) (sh->catalog_loading - now) <= 0)
+        && !ngx_http_ratelimit_policy_loader.active)
+    {
+        sh->catalog_loading = now + rpmcf->query_timeout + 100;
+        ngx_http_ratelimit_policy_loader.version = sh->catalog_version;
+        start = 1;
+    }
+
+    have = (sh->catalog != NULL);
+
+    if (have && ngx_http_ratelimit_policy_gen != sh->catalog_gen) {
+        p = ngx_alloc(sh->catalog_size, lk->request->connection->log);
+
+        if (p != NULL) {
+            ngx_memcpy(p, sh->catalog, sh->catalog_size);
+
+            if (ngx_http_ratelimit_policy_local) {
+                ngx_free(ngx_http_ratelimit_policy_local);
+            }
+
+            ngx_http_ratelimit_policy_local =
+                                   (ngx_http_ratelimit_policy_catalog_t *) p;
+            ngx_http_ratelimit_policy_gen = sh->catalog_gen;
+        }
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    have = (ngx_http_ratelimit_policy_local != NULL);
+
+    if (start) {
+        q = &ngx_http_ratelimit_policy_loader.query;
+
+        ngx_memzero(q, sizeof(ngx_http_ratelimit_policy_pg_query_t));
+        q->stmt = NGX_HTTP_RATELIMIT_POLICY_STMT_CATALOG;
+        q->handler = ngx_http_ratelimit_policy_catalog_loaded;
+        q->log = ngx_cycle->log;
+
+        ngx_http_ratelimit_policy_stat(ctx, db_queries);
+
+        if (ngx_http_ratelimit_policy_pg_send(rpmcf->pg, q) != NGX_OK) {
+
+            ngx_shmtx_lock(&ctx->shpool->mutex);
+            sh->catalog_loading = 0;
+            ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+            ngx_http_ratelimit_policy_stat(ctx, db_errors);
+
+            if (!have) {
+                lk->db_rc = q->rc;
+                return NGX_DECLINED;
+            }
+
+            ngx_http_ratelimit_policy_stat(ctx, cache_stale);
+
+            return NGX_OK;
+        }
+
+        ngx_http_ratelimit_policy_loader.active = 1;
+    }
+
+    if (have) {
+        /* a stale catalogue serves while it is reloaded */
+        return NGX_OK;
+    }
+
+    if (ngx_http_ratelimit_policy_loader.active) {
+        ngx_queue_insert_tail(&ngx_http_ratelimit_policy_loader.waiters,
+                              &lk->queue);
+        lk->waiting = 1;
+        return NGX_AGAIN;
+    }
+
+    /* another worker is loading it */
+
+    ngx_http_ratelimit_policy_wait(lk);
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_http_ratelimit_policy_catalog_loaded(ngx_http_ratelimit_policy_pg_query_t *q)
+{
+    u_char                                *p;
+    ngx_msec_t                             now;
+    ngx_uint_t                             rc;
+    ngx_queue_t                           *qq;
+    ngx_http_ratelimit_policy_sh_t        *sh;
+    ngx_http_ratelimit_policy_lookup_t    *lk;
+    ngx_http_ratelimit_policy_shctx_t     *ctx;
+    ngx_http_ratelimit_policy_catalog_t   *cat;
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf;
+
+    rpmcf = ngx_http_ratelimit_policy_conf;
+    ctx = rpmcf->shm_zone->data;
+    sh = ctx->sh;
+
+    ngx_http_ratelimit_policy_loader.active = 0;
+
+    rc = q->rc;
+    cat = NULL;
+
+    if (rc == NGX_HTTP_RATELIMIT_POLICY_PG_OK) {
+        cat = ngx_http_ratelimit_policy_json_catalog(q->result, q->log);
+
+        if (cat == NULL) {
+            rc = NGX_HTTP_RATELIMIT_POLICY_PG_SQL_ERROR;
+        }
+    }
+
+    if (rc == NGX_HTTP_RATELIMIT_POLICY_PG_TIMEOUT) {
+        ngx_http_ratelimit_policy_stat(ctx, db_timeouts);
+
+    } else if (rc != NGX_HTTP_RATELIMIT_POLICY_PG_OK) {
+        ngx_http_ratelimit_policy_stat(ctx, db_errors);
+    }
+
+    now = ngx_current_msec;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    sh->catalog_loading = 0;
+
+    if (cat != NULL) {
+        p = ngx_http_ratelimit_policy_shm_alloc(ctx, cat->size);
+
+        if (p == NULL) {
+            ngx_log_error(NGX_LOG_ERR, q->log, 0,
+                          "ratelimit_policy: no room for the policy "
+                          "catalogue in the zone");
+
+        } else {
+            ngx_memcpy(p, cat, cat->size);
+
+            if (sh->catalog) {
+                ngx_slab_free_locked(ctx->shpool, sh->catalog);
+            }
+
+            sh->catalog = p;
+            sh->catalog_size = cat->size;
+            sh->catalog_gen++;
+
+            /* changed while we read it: good for this round only */
+            sh->catalog_expires = now
+                         + (sh->catalog_version
+                            == ngx_http_ratelimit_policy_loader.version
+                            ? rpmcf->cache_ttl : 0);
+        }
+
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, q->log, 0,
+                       "ratelimit_policy: catalogue loaded, %ui policies, "
+                       "%uz bytes", cat->npolicies, cat->size);
+    }
+
+    if (sh->catalog && ngx_http_ratelimit_policy_gen != sh->catalog_gen) {
+        p = ngx_alloc(sh->catalog_size, q->log);
+
+        if (p != NULL) {
+            ngx_memcpy(p, sh->catalog, sh->catalog_size);
+
+            if (ngx_http_ratelimit_policy_local) {
+                ngx_free(ngx_http_ratelimit_policy_local);
+            }
+
+            ngx_http_ratelimit_policy_local =
+                                   (ngx_http_ratelimit_policy_catalog_t *) p;
+            ngx_http_ratelimit_policy_gen = sh->catalog_gen;
+        }
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    if (cat) {
+        ngx_free(cat);
+    }
+
+    while (!ngx_queue_empty(&ngx_http_ratelimit_policy_loader.waiters)) {
+        qq = ngx_queue_head(&ngx_http_ratelimit_policy_loader.waiters);
+        ngx_queue_remove(qq);
+
+        lk = ngx_queue_data(qq, ngx_http_ratelimit_policy_lookup_t, queue);
+        lk->waiting = 0;
+
+        if (ngx_http_ratelimit_policy_local == NULL) {
+            lk->catalog = NULL;
+            lk->db_rc = (rc == NGX_HTTP_RATELIMIT_POLICY_PG_OK)
+                        ? NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE : rc;
+            lk->resume(lk->request);
+            continue;
+        }
+
+        ngx_http_ratelimit_policy_again(lk);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
+{
+    ngx_uint_t                              rc;
+    ngx_msec_t                              now;
+    ngx_http_ratelimit_policy_sh_t         *sh;
+    ngx_http_ratelimit_policy_node_t       *node, *tn;
+    ngx_http_ratelimit_policy_shctx_t      *ctx;
+    ngx_http_ratelimit_policy_pending_t    *pd;
+    ngx_http_ratelimit_policy_pg_query_t   *q;
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
+
+    rpmcf = ngx_http_ratelimit_policy_conf;
+    ctx = rpmcf->shm_zone->data;
+    sh = ctx->sh;
+    now = ngx_current_msec;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    node = ngx_http_ratelimit_policy_shm_lookup(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
+                                       lk->instance,
+                                       NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+
+    if (node != NULL && ngx_http_ratelimit_policy_fresh(ctx, node)) {
+
+        ngx_http_ratelimit_policy_copy_node(lk, node);
+
+        if (node->state == NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND) {
+            ngx_shmtx_unlock(&ctx->shpool->mutex);
+            ngx_http_ratelimit_policy_stat(ctx, cache_hits);
+            return NGX_OK;
+        }
+
+        tn = ngx_http_ratelimit_policy_shm_lookup(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_TOKEN,
+                                       lk->digest,
+                                       NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
+
+        if (tn != NULL && ngx_http_ratelimit_policy_fresh(ctx, tn)) {
+            lk->token_known = tn->token_known;
+            ngx_shmtx_unlock(&ctx->shpool->mutex);
+            ngx_http_ratelimit_policy_stat(ctx, cache_negative_hits);
+            return NGX_OK;
+        }
+    }
+
+    if (node != NULL
+        && node->loading
+        && (ngx_msec_int_t) (node->loading - now) > 0)
+    {
+        if (node->loader == ngx_pid) {
+            pd = ngx_http_ratelimit_policy_pending_find(lk->instance);
+
+            if (pd != NULL) {
+                ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+                ngx_queue_insert_tail(&pd->waiters, &lk->queue);
+                lk->waiting = 1;
+
+                return NGX_AGAIN;
+            }
+        }
+
+        ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+        ngx_http_ratelimit_policy_wait(lk);
+
+        return NGX_AGAIN;
+    }
+
+    /* this worker loads it */
+
+    pd = ngx_calloc(sizeof(ngx_http_ratelimit_policy_pending_t),
+                    lk->request->connection->log);
+    if (pd == NULL) {
+        ngx_shmtx_unlock(&ctx->shpool->mutex);
+        return NGX_ERROR;
+    }
+
+    if (node == NULL) {
+        node = ngx_http_ratelimit_policy_shm_create(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
+                                       lk->instance,
+                                       NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+    }
+
+    if (node != NULL) {
+        node->loading = now + rpmcf->query_timeout + 100;
+        node->loader = ngx_pid;
+        pd->version = node->version;
+
+    } else {
+        /* the zone has no room even after evictions: look up uncached */
+        pd->version = (ngx_uint_t) -1;
+    }
+
+    pd->epoch = sh->epoch;
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    ngx_http_ratelimit_policy_stat(ctx, cache_misses);
+
+    ngx_memcpy(pd->instance, lk->instance,
+               NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+    ngx_memcpy(pd->digest, lk->digest, NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
+
+    ngx_queue_init(&pd->waiters);
+    ngx_queue_insert_tail(&pd->waiters, &lk->queue);
+    lk->waiting = 1;
+
+    pd->node.key = ngx_crc32_short(pd->instance,
+                                   NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+    ngx_rbtree_insert(&ngx_http_ratelimit_policy_pending, &pd->node);
+
+    q = &pd->query;
+    q->stmt = NGX_HTTP_RATELIMIT_POLICY_STMT_LOOKUP;
+    q->nparams = 2;
+    q->values[0] = (const char *) pd->instance;
+    q->lengths[0] = NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN;
+    q->formats[0] = 0;
+    q->values[1] = (const char *) pd->digest;
+    q->lengths[1] = NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN;
+    q->formats[1] = 1;
+    q->handler = ngx_http_ratelimit_policy_entitlement_loaded;
+    q->data = pd;
+    q->log = ngx_cycle->log;
+
+    ngx_http_ratelimit_policy_stat(ctx, db_queries);
+
+    if (ngx_http_ratelimit_policy_pg_send(rpmcf->pg, q) == NGX_OK) {
+        return NGX_AGAIN;
+    }
+
+    /* not sent: answer this request now, from what is cached if anything */
+
+    ngx_queue_remove(&lk->queue);
+    lk->waiting = 0;
+
+    rc = q->rc;
+    q->result = NULL;
+
+    /* frees pd */
+    ngx_http_ratelimit_policy_entitlement_loaded(q);
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    node = ngx_http_ratelimit_policy_shm_lookup(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
+                                       lk->instance,
+                                       NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+
+    if (node != NULL
+        && node->state == NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND)
+    {
+        ngx_http_ratelimit_policy_copy_node(lk, node);
+        lk->stale = 1;
+
+    } else if (node != NULL
+               && node->state == NGX_HTTP_RATELIMIT_POLICY_STATE_MISSING
+               && (tn = ngx_http_ratelimit_policy_shm_lookup(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_TOKEN,
+                                       lk->digest,
+                                       NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN))
+                  != NULL)
+    {
+        ngx_http_ratelimit_policy_copy_node(lk, node);
+        lk->token_known = tn->token_known;
+        lk->stale = 1;
+
+    } else {
+        lk->db_rc = rc;
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    if (lk->stale) {
+        ngx_http_ratelimit_policy_stat(ctx, cache_stale);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_ratelimit_policy_entitlement_loaded(
+    ngx_http_ratelimit_policy_pg_query_t *q)
+{
+    ngx_msec_t                              now;
+    ngx_queue_t                            *qq;
+    ngx_http_ratelimit_policy_sh_t         *sh;
+    ngx_http_ratelimit_policy_node_t       *node, *tn;
+    ngx_http_ratelimit_policy_lookup_t      row, *lk;
+    ngx_http_ratelimit_policy_shctx_t      *ctx;
+    ngx_http_ratelimit_policy_pending_t    *pd;
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
+
+    pd = q->data;
+    rpmcf = ngx_http_ratelimit_policy_conf;
+    ctx = rpmcf->shm_zone->data;
+    sh = ctx->sh;
+
+    ngx_rbtree_delete(&ngx_http_ratelimit_policy_pending, &pd->node);
+
+    ngx_memzero(&row, sizeof(ngx_http_ratelimit_policy_lookup_t));
+    row.db_rc = q->rc;
+
+    if (q->rc == NGX_HTTP_RATELIMIT_POLICY_PG_OK
+        && ngx_http_ratelimit_policy_parse_row(q->result, &row, q->log)
+           != NGX_OK)
+    {
+        row.db_rc = NGX_HTTP_RATELIMIT_POLICY_PG_SQL_ERROR;
+    }
+
+    if (row.db_rc == NGX_HTTP_RATELIMIT_POLICY_PG_TIMEOUT) {
+        ngx_http_ratelimit_policy_stat(ctx, db_timeouts);
+
+    } else if (row.db_rc != NGX_HTTP_RATELIMIT_POLICY_PG_OK) {
+        ngx_http_ratelimit_policy_stat(ctx, db_errors);
+    }
+
+    now = ngx_current_msec;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    node = ngx_http_ratelimit_policy_shm_lookup(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
+                                       pd->instance,
+                                       NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+
+    if (node != NULL && node->loader == ngx_pid) {
+        node->loading = 0;
+    }
+
+    if (row.db_rc == NGX_HTTP_RATELIMIT_POLICY_PG_OK) {
+
+        if (node != NULL && node->version == pd->version) {
+            ngx_http_ratelimit_policy_store_node(node, &row,
+                               row.state == NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND
+                               ? rpmcf->cache_ttl : rpmcf->negative_ttl,
+                               pd->epoch);
+        }
+
+        if (row.state == NGX_HTTP_RATELIMIT_POLICY_STATE_MISSING) {
+            tn = ngx_http_ratelimit_policy_shm_lookup(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_TOKEN,
+                                       pd->digest,
+                                       NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
+            if (tn == NULL) {
+                tn = ngx_http_ratelimit_policy_shm_create(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_TOKEN,
+                                       pd->digest,
+                                       NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
+            }
+
+            if (tn != NULL) {
+                tn->state = NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND;
+                tn->token_known = (u_char) row.token_known;
+                tn->expires = now + (row.token_known ? rpmcf->cache_ttl
+                                                     : rpmcf->negative_ttl);
+                tn->epoch = pd->epoch;
+            }
+        }
+
+    } else if (node != NULL
+               && node->state != NGX_HTTP_RATELIMIT_POLICY_STATE_NONE)
+    {
+        /* stale if error */
+        ngx_http_ratelimit_policy_copy_node(&row, node);
+
+        if (row.state == NGX_HTTP_RATELIMIT_POLICY_STATE_MISSING) {
+            tn = ngx_http_ratelimit_policy_shm_lookup(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_TOKEN,
+                                       pd->digest,
+                                       NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
+            if (tn != NULL) {
+                row.token_known = tn->token_known;
+                row.stale = 1;
+            }
+
+        } else {
+            row.stale = 1;
+        }
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    (void) sh;
+
+    while (!ngx_queue_empty(&pd->waiters)) {
+        qq = ngx_queue_head(&pd->waiters);
+        ngx_queue_remove(qq);
+
+        lk = ngx_queue_data(qq, ngx_http_ratelimit_policy_lookup_t, queue);
+        lk->waiting = 0;
+
+        if (row.db_rc == NGX_HTTP_RATELIMIT_POLICY_PG_OK || row.stale) {
+
+            if (row.state == NGX_HTTP_RATELIMIT_POLICY_STATE_MISSING
+                && ngx_memcmp(lk->digest, pd->digest,
+                              NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN) != 0)
+            {
+                /* whether its own token is known is another question */
+                ngx_http_ratelimit_policy_again(lk);
+                continue;
+            }
+
+            ngx_http_ratelimit_policy_copy_node(lk, NULL);
+            lk->state = row.state;
+            lk->token_known = row.token_known;
+            lk->account_id = row.account_id;
+            ngx_memcpy(lk->stored_digest, row.stored_digest,
+                       NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
+            lk->has_active_plan = row.has_active_plan;
+            lk->has_slug = row.has_slug;
+            lk->slug_len = row.slug_len;
+            ngx_memcpy(lk->slug, row.slug, row.slug_len);
+            lk->stale = row.stale;
+
+            if (row.stale) {
+                ngx_http_ratelimit_policy_stat(ctx, cache_stale);
+            }
+
+        } else {
+            lk->db_rc = row.db_rc;
+        }
+
+        lk->resume(lk->request);
+    }
+
+    ngx_free(pd);
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_parse_row(PGresult *res,
+    ngx_http_ratelimit_policy_lookup_t *row, ngx_log_t *log)
+{
+    u_char      *p, c;
+    size_t       len;
+    ngx_int_t    n;
+    ngx_uint_t   i;
+
+    if (PQntuples(res) != 1 || PQnfields(res) != 5) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "ratelimit_policy: lookup returned %d rows of %d "
+                      "columns", PQntuples(res), PQnfields(res));
+        return NGX_ERROR;
+    }
+
+    if (PQgetisnull(res, 0, 0)) {
+        row->state = NGX_HTTP_RATELIMIT_POLICY_STATE_MISSING;
+        row->token_known = !PQgetisnull(res, 0, 4)
+                           && PQgetvalue(res, 0, 4)[0] == 't';
+        return NGX_OK;
+    }
+
+    row->state = NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND;
+
+    p = (u_char *) PQgetvalue(res, 0, 0);
+    len = PQgetlength(res, 0, 0);
+
+    n = ngx_atoof(p, len);
+    if (n == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "ratelimit_policy: invalid account_id \"%*s\"", len, p);
+        return NGX_ERROR;
+    }
+
+    row->account_id = n;
+
+    /* bytea in text form: \x and 64 hex digits */
+
+    p = (u_char *) PQgetvalue(res, 0, 1);
+    len = PQgetlength(res, 0, 1);
+
+    if (PQgetisnull(res, 0, 1)
+        || len != 2 + 2 * NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN
+        || p[0] != '\\' || p[1] != 'x')
+    {
+        /* no usable digest: no token will ever match */
+        ngx_memzero(row->stored_digest, NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
+        row->stored_digest[0] = 1;
+        row->stored_digest[1] = 2;
+
+    } else {
+        p += 2;
+
+        for (i = 0; i < NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN * 2; i++) {
+            c = p[i];
+
+            if (c >= '0' && c <= '9') {
+                c -= '0';
+
+            } else if (c >= 'a' && c <= 'f') {
+                c = c - 'a' + 10;
+
+            } else {
+                return NGX_ERROR;
+            }
+
+            if (i & 1) {
+                row->stored_digest[i / 2] |= c;
+
+            } else {
+                row->stored_digest[i / 2] = (u_char) (c << 4);
+            }
+        }
+    }
+
+    row->has_active_plan = !PQgetisnull(res, 0, 2)
+                           && PQgetvalue(res, 0, 2)[0] == 't';
+
+    if (PQgetisnull(res, 0, 3)) {
+        row->has_slug = 0;
+        row->slug_len = 0;
+        return NGX_OK;
+    }
+
+    len = PQgetlength(res, 0, 3);
+
+    if (len == 0 || len > NGX_HTTP_RATELIMIT_POLICY_SLUG_MAX) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "ratelimit_policy: policy_slug of %uz bytes ignored",
+                      len);
+        row->has_slug = 0;
+        row->slug_len = 0;
+        return NGX_OK;
+    }
+
+    row->has_slug = 1;
+    row->slug_len = len;
+    ngx_memcpy(row->slug, PQgetvalue(res, 0, 3), len);
+
+    return NGX_OK;
+}
+
+
+/* node == NULL: clear the result fields */
+
+static void
+ngx_http_ratelimit_policy_copy_node(ngx_http_ratelimit_policy_lookup_t *lk,
+    ngx_http_ratelimit_policy_node_t *node)
+{
+    if (node == NULL) {
+        lk->state = NGX_HTTP_RATELIMIT_POLICY_STATE_NONE;
+        lk->token_known = 0;
+        lk->has_slug = 0;
+        lk->slug_len = 0;
+        return;
+    }
+
+    lk->state = node->state;
+    lk->account_id = node->account_id;
+    ngx_memcpy(lk->stored_digest, node->digest,
+               NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
+    lk->has_active_plan = node->has_active_plan;
+    lk->has_slug = node->has_slug;
+    lk->slug_len = node->slug_len;
+    ngx_memcpy(lk->slug, node->slug, node->slug_len);
+}
+
+
+static void
+ngx_http_ratelimit_policy_store_node(ngx_http_ratelimit_policy_node_t *node,
+    ngx_http_ratelimit_policy_lookup_t *row, ngx_msec_t ttl, ngx_uint_t epoch)
+{
+    node->state = (u_char) row->state;
+    node->account_id = row->account_id;
+    ngx_memcpy(node->digest, row->stored_digest,
+               NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
+    node->has_active_plan = (u_char) row->has_active_plan;
+    node->has_slug = (u_char) row->has_slug;
+    node->slug_len = (u_char) row->slug_len;
+    ngx_memcpy(node->slug, row->slug, row->slug_len);
+    node->expires = ngx_current_msec + ttl;
+    node->epoch = epoch;
+}
+
+
+static ngx_uint_t
+ngx_http_ratelimit_policy_fresh(ngx_http_ratelimit_policy_shctx_t *ctx,
+    ngx_http_ratelimit_policy_node_t *node)
+{
+    return node->state != NGX_HTTP_RATELIMIT_POLICY_STATE_NONE
+           && node->epoch == ctx->sh->epoch
+           && (ngx_msec_int_t) (node->expires - ngx_current_msec) > 0;
+}
+
+
+static void
+ngx_http_ratelimit_policy_wait(ngx_http_ratelimit_policy_lookup_t *lk)
+{
+    ngx_event_t  *ev;
+
+    ev = &lk->poll;
+
+    if (ev->handler == NULL) {
+        ev->handler = ngx_http_ratelimit_policy_poll_handler;
+        ev->data = lk;
+        ev->log = lk->request->connection->log;
+    }
+
+    ngx_add_timer(ev, NGX_HTTP_RATELIMIT_POLICY_POLL);
+}
+
+
+static void
+ngx_http_ratelimit_policy_poll_handler(ngx_event_t *ev)
+{
+    ngx_http_ratelimit_policy_again(ev->data);
+}
+
+
+/* look again, and resume the request if that settles it */
+
+static void
+ngx_http_ratelimit_policy_again(ngx_http_ratelimit_policy_lookup_t *lk)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_ratelimit_policy_resolve(lk->request, lk);
+
+    if (rc == NGX_AGAIN) {
+        return;
+    }
+
+    if (rc == NGX_ERROR) {
+        lk->catalog = NULL;
+        lk->db_rc = NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE;
+    }
+
+    lk->resume(lk->request);
+}
+
+
+static ngx_http_ratelimit_policy_pending_t *
+ngx_http_ratelimit_policy_pending_find(u_char *instance)
+{
+    uint32_t                              hash;
+    ngx_rbtree_node_t                    *node, *sentinel;
+    ngx_http_ratelimit_policy_pending_t  *pd;
+
+    hash = ngx_crc32_short(instance, NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+
+    node = ngx_http_ratelimit_policy_pending.root;
+    sentinel = ngx_http_ratelimit_policy_pending.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash < node->key) {
+            node = node->left;
+            continue;
+        }
+
+        if (hash > node->key) {
+            node = node->right;
+            continue;
+        }
+
+        pd = (ngx_http_ratelimit_policy_pending_t *) node;
+
+        if (ngx_memcmp(pd->instance, instance,
+                       NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN) == 0)
+        {
+            return pd;
+        }
+
+        /* equal hashes: ngx_rbtree_insert_value() went right */
+        node = node->right;
+    }
+
+    return NULL;
+}
+
+
+ngx_http_ratelimit_policy_policy_t *
+ngx_http_ratelimit_policy_catalog_find(ngx_http_ratelimit_policy_catalog_t *cat,
+    u_char *slug, size_t len)
+{
+    ngx_uint_t                           i;
+    ngx_http_ratelimit_policy_policy_t  *p;
+
+    for (i = 0; i < cat->npolicies; i++) {
+        p = &cat->policies[i];
+
+        if (p->slug_len == len
+            && ngx_memcmp(ngx_http_ratelimit_policy_catalog_str(cat, p->slug),
+                          slug, len) == 0)
+        {
+            return p;
+        }
+    }
+
+    return NULL;
+}
+
+
+void
+ngx_http_ratelimit_policy_invalidate(ngx_shm_zone_t *zone, u_char *instance,
+    size_t len)
+{
+    ngx_http_ratelimit_policy_node_t   *node;
+    ngx_http_ratelimit_policy_shctx_t  *ctx;
+
+    ctx = zone->data;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    if (len == 1 && instance[0] == '*') {
+        /*
+         * the catalogue changed, or tables were truncated: reload the
+         * catalogue, and every entitlement on its next use
+         */
+        ctx->sh->catalog_version++;
+        ctx->sh->catalog_expires = ngx_current_msec;
+        ctx->sh->epoch++;
+
+    } else if (len == NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN) {
+        node = ngx_http_ratelimit_policy_shm_lookup(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
+                                       instance, len);
+        if (node != NULL) {
+            node->version++;
+            node->expires = ngx_current_msec;
+        }
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+}

@@ -1,0 +1,103 @@
+
+/*
+ * Copyright (C) ngx_http_ratelimit_policy_module authors
+ */
+
+
+#ifndef _NGX_HTTP_RATELIMIT_POLICY_CACHE_H_INCLUDED_
+#define _NGX_HTTP_RATELIMIT_POLICY_CACHE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_ratelimit_policy_common.h"
+#include "ngx_http_ratelimit_policy_pg.h"
+#include "ngx_http_ratelimit_policy_shm.h"
+
+
+/*
+ * The policy catalogue is one position-independent blob: this header, the
+ * policies in (sort_order, id) order, then the strings they point to by
+ * offset, including the JSON fragments of the API document rendered once
+ * per change of the catalogue.
+ */
+
+typedef struct {
+    int64_t                       id;
+    int64_t                       limits[NGX_HTTP_RATELIMIT_POLICY_NLIMITS];
+    uint32_t                      slug;
+    uint32_t                      slug_len;
+    uint32_t                      slug_json;
+    uint32_t                      slug_json_len;
+    ngx_uint_t                    is_free;
+} ngx_http_ratelimit_policy_policy_t;
+
+
+typedef struct {
+    size_t                        size;
+    ngx_uint_t                    npolicies;
+    uint32_t                      free_json;
+    uint32_t                      free_json_len;
+    uint32_t                      policies_json[2];  /* [has_active_plan] */
+    uint32_t                      policies_json_len[2];
+    ngx_http_ratelimit_policy_policy_t  policies[1];
+} ngx_http_ratelimit_policy_catalog_t;
+
+
+#define ngx_http_ratelimit_policy_catalog_str(cat, off)                      \
+    ((u_char *) (cat) + (off))
+
+
+/* what a request learned about its instance */
+
+typedef struct {
+    u_char                        instance[
+                                       NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN];
+    u_char                        digest[NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN];
+
+    ngx_uint_t                    state;        /* FOUND or MISSING */
+    ngx_uint_t                    token_known;
+    int64_t                       account_id;
+    u_char                        stored_digest[
+                                       NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN];
+    ngx_uint_t                    has_active_plan;
+    ngx_uint_t                    has_slug;
+    size_t                        slug_len;
+    u_char                        slug[NGX_HTTP_RATELIMIT_POLICY_SLUG_MAX];
+
+    ngx_uint_t                    stale;
+    ngx_uint_t                    db_rc;        /* why nothing is known */
+
+    ngx_http_ratelimit_policy_catalog_t  *catalog;
+
+    /* private */
+    ngx_http_request_t           *request;
+    void                        (*resume)(ngx_http_request_t *r);
+    ngx_uint_t                    rounds;
+    ngx_event_t                   poll;
+    ngx_queue_t                   queue;
+    unsigned                      waiting:1;
+} ngx_http_ratelimit_policy_lookup_t;
+
+
+/*
+ * NGX_OK: lk is filled (or lk->db_rc says why not);
+ * NGX_AGAIN: lk->resume(r) is called later;
+ * NGX_ERROR: internal error.
+ */
+ngx_int_t ngx_http_ratelimit_policy_resolve(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_lookup_t *lk);
+
+ngx_http_ratelimit_policy_policy_t *ngx_http_ratelimit_policy_catalog_find(
+    ngx_http_ratelimit_policy_catalog_t *cat, u_char *slug, size_t len);
+
+/* mark an instance ("*": the whole catalogue) as changed */
+void ngx_http_ratelimit_policy_invalidate(ngx_shm_zone_t *zone,
+    u_char *instance, size_t len);
+
+ngx_int_t ngx_http_ratelimit_policy_cache_init_process(ngx_cycle_t *cycle,
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf);
+
+
+#endif /* _NGX_HTTP_RATELIMIT_POLICY_CACHE_H_INCLUDED_ */

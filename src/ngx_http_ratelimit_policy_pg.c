@@ -1,0 +1,1383 @@
+
+/*
+ * Copyright (C) ngx_http_ratelimit_policy_module authors
+ *
+ * A non-blocking PostgreSQL client living in an nginx worker.
+ *
+ * Each worker keeps up to "pool" libpq connections.  They are opened with
+ * PQconnectStartParams() / PQconnectPoll() and driven by level-triggered
+ * nginx events on the libpq socket; queries are sent with
+ * PQsendQueryPrepared() and read with PQconsumeInput() / PQisBusy() /
+ * PQgetResult(), never blocking.  Host names are resolved at configuration
+ * time and passed as "hostaddr", so libpq does no DNS lookup in a worker.
+ * A query that waits for a connection sits in a bounded queue; every query
+ * has its own timer covering the wait and the execution.  A timed out
+ * query's connection is closed, never reused.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+#include <ngx_http.h>
+#include "ngx_http_ratelimit_policy_pg.h"
+
+
+#define NGX_HTTP_RATELIMIT_POLICY_PG_FREE        0
+#define NGX_HTTP_RATELIMIT_POLICY_PG_CONNECTING  1
+#define NGX_HTTP_RATELIMIT_POLICY_PG_PREPARING   2
+#define NGX_HTTP_RATELIMIT_POLICY_PG_IDLE        3
+#define NGX_HTTP_RATELIMIT_POLICY_PG_BUSY        4
+
+#define NGX_HTTP_RATELIMIT_POLICY_PG_BACKOFF_MIN  50
+#define NGX_HTTP_RATELIMIT_POLICY_PG_BACKOFF_MAX  2000
+
+
+typedef struct {
+    ngx_http_ratelimit_policy_pg_t         *pg;
+    PGconn                                 *conn;
+    ngx_connection_t                       *c;
+    ngx_uint_t                              state;
+    ngx_uint_t                              prepared;
+    ngx_http_ratelimit_policy_pg_query_t   *query;
+    PGresult                               *result;
+    ngx_event_t                             connect_timer;
+} ngx_http_ratelimit_policy_pg_conn_t;
+
+
+struct ngx_http_ratelimit_policy_pg_s {
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
+    ngx_log_t                              *log;
+    ngx_http_ratelimit_policy_pg_conn_t    *conns;
+    ngx_uint_t                              nconns;
+    ngx_queue_t                             waiting;
+    ngx_uint_t                              nwaiting;
+    ngx_msec_t                              backoff;
+    ngx_msec_t                              next_connect;
+    ngx_uint_t                              failed;
+};
+
+
+typedef struct {
+    const char                             *name;
+    const char                             *sql;
+    int                                     nparams;
+    Oid                                     types[2];
+} ngx_http_ratelimit_policy_stmt_t;
+
+
+static ngx_int_t ngx_http_ratelimit_policy_pg_connect(
+    ngx_http_ratelimit_policy_pg_conn_t *pc);
+static void ngx_http_ratelimit_policy_pg_connect_poll(
+    ngx_http_ratelimit_policy_pg_conn_t *pc);
+static void ngx_http_ratelimit_policy_pg_connect_failed(
+    ngx_http_ratelimit_policy_pg_conn_t *pc);
+static void ngx_http_ratelimit_policy_pg_connect_timeout(ngx_event_t *ev);
+static ngx_int_t ngx_http_ratelimit_policy_pg_watch(
+    ngx_http_ratelimit_policy_pg_conn_t *pc, ngx_uint_t rd, ngx_uint_t wr);
+static void ngx_http_ratelimit_policy_pg_event_handler(ngx_event_t *ev);
+static void ngx_http_ratelimit_policy_pg_read(
+    ngx_http_ratelimit_policy_pg_conn_t *pc);
+static void ngx_http_ratelimit_policy_pg_flush(
+    ngx_http_ratelimit_policy_pg_conn_t *pc);
+static void ngx_http_ratelimit_policy_pg_prepare_next(
+    ngx_http_ratelimit_policy_pg_conn_t *pc);
+static void ngx_http_ratelimit_policy_pg_prepared(
+    ngx_http_ratelimit_policy_pg_conn_t *pc, PGresult *res);
+static ngx_int_t ngx_http_ratelimit_policy_pg_run(
+    ngx_http_ratelimit_policy_pg_conn_t *pc,
+    ngx_http_ratelimit_policy_pg_query_t *q);
+static void ngx_http_ratelimit_policy_pg_done(
+    ngx_http_ratelimit_policy_pg_conn_t *pc, PGresult *res);
+static void ngx_http_ratelimit_policy_pg_broken(
+    ngx_http_ratelimit_policy_pg_conn_t *pc, const char *what);
+static void ngx_http_ratelimit_policy_pg_close(
+    ngx_http_ratelimit_policy_pg_conn_t *pc);
+static void ngx_http_ratelimit_policy_pg_complete(
+    ngx_http_ratelimit_policy_pg_query_t *q, ngx_uint_t rc, PGresult *res);
+static void ngx_http_ratelimit_policy_pg_query_timeout(ngx_event_t *ev);
+static void ngx_http_ratelimit_policy_pg_dispatch(
+    ngx_http_ratelimit_policy_pg_t *pg);
+static void ngx_http_ratelimit_policy_pg_fail_waiting(
+    ngx_http_ratelimit_policy_pg_t *pg, ngx_uint_t rc);
+static ngx_uint_t ngx_http_ratelimit_policy_pg_count(
+    ngx_http_ratelimit_policy_pg_t *pg, ngx_uint_t state);
+static void ngx_http_ratelimit_policy_pg_notice(void *arg,
+    const char *message);
+static ngx_int_t ngx_http_ratelimit_policy_pg_add_param(ngx_conf_t *cf,
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf, const char *key,
+    const char *value);
+
+
+#define BYTEAOID  17
+#define TEXTOID   25
+
+
+static ngx_http_ratelimit_policy_stmt_t
+    ngx_http_ratelimit_policy_stmts[NGX_HTTP_RATELIMIT_POLICY_NSTMTS] =
+{
+    /*
+     * one row always: the instance's entitlement, or NULLs and whether
+     * the token belongs to any account (to tell 404 from 401)
+     */
+    { "ratelimit_policy_lookup",
+      "SELECT e.account_id, e.access_token_sha256, e.has_active_plan,"
+      " e.policy_slug,"
+      " CASE WHEN e.instance_id IS NULL THEN EXISTS (SELECT 1 FROM"
+      " ratelimit.instance_entitlements t WHERE t.access_token_sha256 = $2)"
+      " END"
+      " FROM (SELECT 1) AS one LEFT JOIN ratelimit.instance_entitlements e"
+      " ON e.instance_id = $1",
+      2, { TEXTOID, BYTEAOID } },
+
+    { "ratelimit_policy_catalog",
+      "SELECT id, slug, name, description, is_free, sort_order,"
+      " send_message_per_minute, send_message_daily_cap,"
+      " account_protection_seconds, concurrent_limit,"
+      " group_req_per_minute, group_daily_cap,"
+      " check_req_per_minute, check_daily_cap"
+      " FROM ratelimit.policies ORDER BY sort_order, id",
+      0, { 0, 0 } },
+
+    { "ratelimit_policy_set",
+      "SELECT ratelimit.set_instance_policy($1, $2)",
+      2, { TEXTOID, TEXTOID } },
+};
+
+
+ngx_int_t
+ngx_http_ratelimit_policy_pg_init_process(ngx_cycle_t *cycle,
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf)
+{
+    ngx_uint_t                       i;
+    ngx_http_ratelimit_policy_pg_t  *pg;
+
+    pg = ngx_pcalloc(cycle->pool, sizeof(ngx_http_ratelimit_policy_pg_t));
+    if (pg == NULL) {
+        return NGX_ERROR;
+    }
+
+    pg->conns = ngx_pcalloc(cycle->pool,
+                            rpmcf->pool_size
+                            * sizeof(ngx_http_ratelimit_policy_pg_conn_t));
+    if (pg->conns == NULL) {
+        return NGX_ERROR;
+    }
+
+    pg->rpmcf = rpmcf;
+    pg->log = cycle->log;
+    pg->nconns = rpmcf->pool_size;
+    ngx_queue_init(&pg->waiting);
+
+    for (i = 0; i < pg->nconns; i++) {
+        pg->conns[i].pg = pg;
+        pg->conns[i].connect_timer.handler =
+                                  ngx_http_ratelimit_policy_pg_connect_timeout;
+        pg->conns[i].connect_timer.data = &pg->conns[i];
+        pg->conns[i].connect_timer.log = cycle->log;
+        pg->conns[i].connect_timer.cancelable = 1;
+    }
+
+    rpmcf->pg = pg;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_ratelimit_policy_pg_exit_process(ngx_cycle_t *cycle,
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf)
+{
+    ngx_uint_t                       i;
+    ngx_http_ratelimit_policy_pg_t  *pg;
+
+    pg = rpmcf->pg;
+
+    if (pg == NULL) {
+        return;
+    }
+
+    for (i = 0; i < pg->nconns; i++) {
+        if (pg->conns[i].state != NGX_HTTP_RATELIMIT_POLICY_PG_FREE) {
+            ngx_http_ratelimit_policy_pg_close(&pg->conns[i]);
+        }
+    }
+}
+
+
+ngx_int_t
+ngx_http_ratelimit_policy_pg_send(ngx_http_ratelimit_policy_pg_t *pg,
+    ngx_http_ratelimit_policy_pg_query_t *q)
+{
+    ngx_uint_t                            i, connecting;
+    ngx_http_ratelimit_policy_pg_conn_t  *pc;
+
+    q->result = NULL;
+    q->conn = NULL;
+    q->queued = 0;
+
+    if (pg == NULL) {
+        q->rc = NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE;
+        return NGX_DECLINED;
+    }
+
+    for (i = 0; i < pg->nconns; i++) {
+        pc = &pg->conns[i];
+
+        if (pc->state == NGX_HTTP_RATELIMIT_POLICY_PG_IDLE) {
+            ngx_memzero(&q->timer, sizeof(ngx_event_t));
+            q->timer.handler = ngx_http_ratelimit_policy_pg_query_timeout;
+            q->timer.data = q;
+            q->timer.log = q->log;
+            ngx_add_timer(&q->timer, pg->rpmcf->query_timeout);
+
+            if (ngx_http_ratelimit_policy_pg_run(pc, q) == NGX_OK) {
+                return NGX_OK;
+            }
+
+            /* never call the handler from within the send */
+
+            ngx_del_timer(&q->timer);
+            q->rc = NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE;
+            return NGX_DECLINED;
+        }
+    }
+
+    if (pg->nwaiting >= pg->rpmcf->queue_size) {
+        ngx_log_error(NGX_LOG_WARN, q->log, 0,
+                      "ratelimit_policy: database queue is full (%ui)",
+                      pg->nwaiting);
+        q->rc = NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE;
+        return NGX_DECLINED;
+    }
+
+    connecting = ngx_http_ratelimit_policy_pg_count(pg,
+                                      NGX_HTTP_RATELIMIT_POLICY_PG_CONNECTING)
+                 + ngx_http_ratelimit_policy_pg_count(pg,
+                                      NGX_HTTP_RATELIMIT_POLICY_PG_PREPARING);
+
+    if (connecting <= pg->nwaiting
+        && !ngx_exiting
+        && (ngx_msec_int_t) (ngx_current_msec - pg->next_connect) >= 0)
+    {
+        for (i = 0; i < pg->nconns; i++) {
+            pc = &pg->conns[i];
+
+            if (pc->state == NGX_HTTP_RATELIMIT_POLICY_PG_FREE) {
+                if (ngx_http_ratelimit_policy_pg_connect(pc) == NGX_OK) {
+                    connecting++;
+                }
+
+                break;
+            }
+        }
+    }
+
+    if (connecting == 0
+        && ngx_http_ratelimit_policy_pg_count(pg,
+                                      NGX_HTTP_RATELIMIT_POLICY_PG_BUSY) == 0)
+    {
+        /* nothing will ever free up: fail now, do not wait for a timer */
+        q->rc = NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE;
+        return NGX_DECLINED;
+    }
+
+    ngx_memzero(&q->timer, sizeof(ngx_event_t));
+    q->timer.handler = ngx_http_ratelimit_policy_pg_query_timeout;
+    q->timer.data = q;
+    q->timer.log = q->log;
+    ngx_add_timer(&q->timer, pg->rpmcf->query_timeout);
+
+    ngx_queue_insert_tail(&pg->waiting, &q->queue);
+    pg->nwaiting++;
+    q->queued = 1;
+
+    return NGX_OK;
+}
+
+
+ngx_uint_t
+ngx_http_ratelimit_policy_pg_available(ngx_http_ratelimit_policy_pg_t *pg)
+{
+    if (pg == NULL) {
+        return 0;
+    }
+
+    if (!pg->failed) {
+        return 1;
+    }
+
+    if (ngx_http_ratelimit_policy_pg_count(pg,
+                                      NGX_HTTP_RATELIMIT_POLICY_PG_IDLE)
+        || ngx_http_ratelimit_policy_pg_count(pg,
+                                      NGX_HTTP_RATELIMIT_POLICY_PG_BUSY))
+    {
+        return 1;
+    }
+
+    return 0;
+}
+
+
+time_t
+ngx_http_ratelimit_policy_pg_retry_after(ngx_http_ratelimit_policy_pg_t *pg)
+{
+    ngx_msec_int_t  left;
+
+    if (pg == NULL) {
+        return 1;
+    }
+
+    left = (ngx_msec_int_t) (pg->next_connect - ngx_current_msec);
+
+    if (left <= 1000) {
+        return 1;
+    }
+
+    return (time_t) ((left + 999) / 1000);
+}
+
+
+static ngx_uint_t
+ngx_http_ratelimit_policy_pg_count(ngx_http_ratelimit_policy_pg_t *pg,
+    ngx_uint_t state)
+{
+    ngx_uint_t  i, n;
+
+    n = 0;
+
+    for (i = 0; i < pg->nconns; i++) {
+        if (pg->conns[i].state == state) {
+            n++;
+        }
+    }
+
+    return n;
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_pg_connect(ngx_http_ratelimit_policy_pg_conn_t *pc)
+{
+    ngx_socket_t                     fd;
+    ngx_connection_t                *c;
+    ngx_http_ratelimit_policy_pg_t  *pg;
+
+    pg = pc->pg;
+
+    pc->conn = PQconnectStartParams(pg->rpmcf->pg_keywords->elts,
+                                    pg->rpmcf->pg_values->elts, 0);
+
+    if (pc->conn == NULL) {
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "ratelimit_policy: PQconnectStartParams() failed");
+        goto failed;
+    }
+
+    if (PQstatus(pc->conn) == CONNECTION_BAD) {
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "ratelimit_policy: could not connect to the database: %s",
+                      PQerrorMessage(pc->conn));
+        goto failed;
+    }
+
+    if (PQsetnonblocking(pc->conn, 1) == -1) {
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "ratelimit_policy: PQsetnonblocking() failed: %s",
+                      PQerrorMessage(pc->conn));
+        goto failed;
+    }
+
+    PQsetNoticeProcessor(pc->conn, ngx_http_ratelimit_policy_pg_notice, pg);
+
+    fd = PQsocket(pc->conn);
+
+    if (fd == (ngx_socket_t) -1) {
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "ratelimit_policy: libpq gave no socket: %s",
+                      PQerrorMessage(pc->conn));
+        goto failed;
+    }
+
+    c = ngx_get_connection(fd, pg->log);
+    if (c == NULL) {
+        goto failed;
+    }
+
+    c->data = pc;
+    c->read->handler = ngx_http_ratelimit_policy_pg_event_handler;
+    c->write->handler = ngx_http_ratelimit_policy_pg_event_handler;
+    c->read->log = pg->log;
+    c->write->log = pg->log;
+
+    pc->c = c;
+    pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_CONNECTING;
+
+    ngx_add_timer(&pc->connect_timer, pg->rpmcf->connect_timeout);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pg->log, 0,
+                   "ratelimit_policy: connecting, fd:%d", fd);
+
+    /* as libpq says: behave as if PQconnectPoll() returned WRITING */
+
+    if (ngx_http_ratelimit_policy_pg_watch(pc, 0, 1) != NGX_OK) {
+        ngx_http_ratelimit_policy_pg_connect_failed(pc);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+
+failed:
+
+    pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_CONNECTING;
+    ngx_http_ratelimit_policy_pg_connect_failed(pc);
+
+    return NGX_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_pg_watch(ngx_http_ratelimit_policy_pg_conn_t *pc,
+    ngx_uint_t rd, ngx_uint_t wr)
+{
+    ngx_connection_t  *c;
+
+    c = pc->c;
+
+    /* level-triggered: a result larger than one read never stalls */
+
+    if (rd && !c->read->active) {
+        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (!rd && c->read->active) {
+        if (ngx_del_event(c->read, NGX_READ_EVENT, 0) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (wr && !c->write->active) {
+        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (!wr && c->write->active) {
+        if (ngx_del_event(c->write, NGX_WRITE_EVENT, 0) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_event_handler(ngx_event_t *ev)
+{
+    ngx_connection_t                     *c;
+    ngx_http_ratelimit_policy_pg_conn_t  *pc;
+
+    c = ev->data;
+    pc = c->data;
+
+    switch (pc->state) {
+
+    case NGX_HTTP_RATELIMIT_POLICY_PG_CONNECTING:
+        ngx_http_ratelimit_policy_pg_connect_poll(pc);
+        return;
+
+    case NGX_HTTP_RATELIMIT_POLICY_PG_PREPARING:
+    case NGX_HTTP_RATELIMIT_POLICY_PG_BUSY:
+
+        if (ev->write) {
+            ngx_http_ratelimit_policy_pg_flush(pc);
+            return;
+        }
+
+        ngx_http_ratelimit_policy_pg_read(pc);
+        return;
+
+    case NGX_HTTP_RATELIMIT_POLICY_PG_IDLE:
+
+        if (ev->write) {
+            (void) ngx_http_ratelimit_policy_pg_watch(pc, 1, 0);
+            return;
+        }
+
+        /* an idle connection only reads notices, or learns it is closed */
+
+        if (!PQconsumeInput(pc->conn)
+            || PQstatus(pc->conn) == CONNECTION_BAD)
+        {
+            ngx_http_ratelimit_policy_pg_broken(pc, "idle connection");
+        }
+
+        return;
+
+    default:
+        return;
+    }
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_connect_poll(
+    ngx_http_ratelimit_policy_pg_conn_t *pc)
+{
+    ngx_socket_t                     fd;
+    ngx_connection_t                *c;
+    PostgresPollingStatusType        st;
+    ngx_http_ratelimit_policy_pg_t  *pg;
+
+    pg = pc->pg;
+
+    st = PQconnectPoll(pc->conn);
+
+    fd = PQsocket(pc->conn);
+
+    if (fd != pc->c->fd && fd != (ngx_socket_t) -1) {
+
+        /*
+         * libpq moved on to another address and closed the old socket,
+         * which took it out of epoll: forget the old connection without
+         * touching the descriptor
+         */
+
+        pc->c->read->active = 0;
+        pc->c->write->active = 0;
+        pc->c->shared = 1;
+        ngx_close_connection(pc->c);
+
+        c = ngx_get_connection(fd, pg->log);
+        if (c == NULL) {
+            pc->c = NULL;
+            ngx_http_ratelimit_policy_pg_connect_failed(pc);
+            return;
+        }
+
+        c->data = pc;
+        c->read->handler = ngx_http_ratelimit_policy_pg_event_handler;
+        c->write->handler = ngx_http_ratelimit_policy_pg_event_handler;
+        c->read->log = pg->log;
+        c->write->log = pg->log;
+        pc->c = c;
+    }
+
+    switch (st) {
+
+    case PGRES_POLLING_READING:
+        if (ngx_http_ratelimit_policy_pg_watch(pc, 1, 0) != NGX_OK) {
+            ngx_http_ratelimit_policy_pg_connect_failed(pc);
+        }
+        return;
+
+    case PGRES_POLLING_WRITING:
+        if (ngx_http_ratelimit_policy_pg_watch(pc, 0, 1) != NGX_OK) {
+            ngx_http_ratelimit_policy_pg_connect_failed(pc);
+        }
+        return;
+
+    case PGRES_POLLING_OK:
+        break;
+
+    default: /* PGRES_POLLING_FAILED */
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "ratelimit_policy: could not connect to the database: %s",
+                      PQerrorMessage(pc->conn));
+        ngx_http_ratelimit_policy_pg_connect_failed(pc);
+        return;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pg->log, 0,
+                   "ratelimit_policy: connected, fd:%d", pc->c->fd);
+
+    if (ngx_http_ratelimit_policy_pg_watch(pc, 1, 0) != NGX_OK) {
+        ngx_http_ratelimit_policy_pg_connect_failed(pc);
+        return;
+    }
+
+    pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_PREPARING;
+    pc->prepared = 0;
+
+    ngx_http_ratelimit_policy_pg_prepare_next(pc);
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_prepare_next(
+    ngx_http_ratelimit_policy_pg_conn_t *pc)
+{
+    ngx_http_ratelimit_policy_pg_t    *pg;
+    ngx_http_ratelimit_policy_stmt_t  *st;
+
+    pg = pc->pg;
+
+    if (pc->prepared == NGX_HTTP_RATELIMIT_POLICY_NSTMTS) {
+
+        if (pc->connect_timer.timer_set) {
+            ngx_del_timer(&pc->connect_timer);
+        }
+
+        pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_IDLE;
+        pg->failed = 0;
+        pg->backoff = 0;
+
+        ngx_http_ratelimit_policy_pg_dispatch(pg);
+        return;
+    }
+
+    st = &ngx_http_ratelimit_policy_stmts[pc->prepared];
+
+    if (!PQsendPrepare(pc->conn, st->name, st->sql, st->nparams, st->types)) {
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "ratelimit_policy: PQsendPrepare() failed: %s",
+                      PQerrorMessage(pc->conn));
+        ngx_http_ratelimit_policy_pg_connect_failed(pc);
+        return;
+    }
+
+    ngx_http_ratelimit_policy_pg_flush(pc);
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_prepared(ngx_http_ratelimit_policy_pg_conn_t *pc,
+    PGresult *res)
+{
+    if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                      "ratelimit_policy: could not prepare \"%s\": %s",
+                      ngx_http_ratelimit_policy_stmts[pc->prepared].name,
+                      res ? PQresultErrorMessage(res)
+                          : PQerrorMessage(pc->conn));
+
+        if (res) {
+            PQclear(res);
+        }
+
+        ngx_http_ratelimit_policy_pg_connect_failed(pc);
+        return;
+    }
+
+    PQclear(res);
+
+    pc->prepared++;
+
+    ngx_http_ratelimit_policy_pg_prepare_next(pc);
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_connect_timeout(ngx_event_t *ev)
+{
+    ngx_http_ratelimit_policy_pg_conn_t  *pc;
+
+    pc = ev->data;
+
+    ngx_log_error(NGX_LOG_ERR, pc->pg->log, NGX_ETIMEDOUT,
+                  "ratelimit_policy: connecting to the database timed out");
+
+    ngx_http_ratelimit_policy_pg_connect_failed(pc);
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_connect_failed(
+    ngx_http_ratelimit_policy_pg_conn_t *pc)
+{
+    ngx_http_ratelimit_policy_pg_t  *pg;
+
+    pg = pc->pg;
+
+    ngx_http_ratelimit_policy_pg_close(pc);
+
+    pg->failed = 1;
+
+    if (pg->backoff == 0) {
+        pg->backoff = NGX_HTTP_RATELIMIT_POLICY_PG_BACKOFF_MIN;
+
+    } else {
+        pg->backoff = ngx_min(pg->backoff * 2,
+                              NGX_HTTP_RATELIMIT_POLICY_PG_BACKOFF_MAX);
+    }
+
+    pg->next_connect = ngx_current_msec + pg->backoff;
+
+    /* queries wait only as long as some connection may serve them */
+
+    if (ngx_http_ratelimit_policy_pg_count(pg,
+                                       NGX_HTTP_RATELIMIT_POLICY_PG_FREE)
+        == pg->nconns)
+    {
+        ngx_http_ratelimit_policy_pg_fail_waiting(pg,
+                                     NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE);
+    }
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_flush(ngx_http_ratelimit_policy_pg_conn_t *pc)
+{
+    int  rc;
+
+    rc = PQflush(pc->conn);
+
+    if (rc == -1) {
+        ngx_http_ratelimit_policy_pg_broken(pc, "sending");
+        return;
+    }
+
+    if (ngx_http_ratelimit_policy_pg_watch(pc, 1, rc == 1) != NGX_OK) {
+        ngx_http_ratelimit_policy_pg_broken(pc, "watching");
+    }
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_read(ngx_http_ratelimit_policy_pg_conn_t *pc)
+{
+    PGresult  *res;
+
+    if (!PQconsumeInput(pc->conn)) {
+        ngx_http_ratelimit_policy_pg_broken(pc, "reading");
+        return;
+    }
+
+    for ( ;; ) {
+
+        if (PQisBusy(pc->conn)) {
+            /* level-triggered: the next read event comes by itself */
+            return;
+        }
+
+        res = PQgetResult(pc->conn);
+
+        if (res == NULL) {
+            break;
+        }
+
+        if (pc->result == NULL) {
+            pc->result = res;
+
+        } else {
+            PQclear(res);
+        }
+    }
+
+    res = pc->result;
+    pc->result = NULL;
+
+    if (pc->state == NGX_HTTP_RATELIMIT_POLICY_PG_PREPARING) {
+        ngx_http_ratelimit_policy_pg_prepared(pc, res);
+        return;
+    }
+
+    ngx_http_ratelimit_policy_pg_done(pc, res);
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_pg_run(ngx_http_ratelimit_policy_pg_conn_t *pc,
+    ngx_http_ratelimit_policy_pg_query_t *q)
+{
+    int  rc;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, q->log, 0,
+                   "ratelimit_policy: query \"%s\" on fd:%d",
+                   ngx_http_ratelimit_policy_stmts[q->stmt].name, pc->c->fd);
+
+    if (!PQsendQueryPrepared(pc->conn,
+                             ngx_http_ratelimit_policy_stmts[q->stmt].name,
+                             q->nparams, q->values, q->lengths, q->formats, 0))
+    {
+        goto failed;
+    }
+
+    rc = PQflush(pc->conn);
+
+    if (rc == -1
+        || ngx_http_ratelimit_policy_pg_watch(pc, 1, rc == 1) != NGX_OK)
+    {
+        goto failed;
+    }
+
+    pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_BUSY;
+    pc->query = q;
+    q->conn = pc;
+
+    return NGX_OK;
+
+failed:
+
+    /* the caller answers the query */
+
+    ngx_log_error(NGX_LOG_ERR, pc->pg->log, 0,
+                  "ratelimit_policy: could not send a query: %s",
+                  PQerrorMessage(pc->conn));
+
+    ngx_http_ratelimit_policy_pg_close(pc);
+    pc->pg->failed = 1;
+
+    return NGX_ERROR;
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_done(ngx_http_ratelimit_policy_pg_conn_t *pc,
+    PGresult *res)
+{
+    ngx_uint_t                             rc;
+    ExecStatusType                         st;
+    ngx_http_ratelimit_policy_pg_t        *pg;
+    ngx_http_ratelimit_policy_pg_query_t  *q;
+
+    pg = pc->pg;
+    q = pc->query;
+
+    pc->query = NULL;
+
+    st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        rc = NGX_HTTP_RATELIMIT_POLICY_PG_OK;
+
+    } else {
+        rc = NGX_HTTP_RATELIMIT_POLICY_PG_SQL_ERROR;
+    }
+
+    /* pool a connection only outside of a transaction */
+
+    if (PQtransactionStatus(pc->conn) == PQTRANS_IDLE) {
+        pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_IDLE;
+
+    } else {
+        ngx_http_ratelimit_policy_pg_close(pc);
+    }
+
+    if (q != NULL) {
+        q->conn = NULL;
+        ngx_http_ratelimit_policy_pg_complete(q, rc, res);
+
+    } else if (res) {
+        PQclear(res);
+    }
+
+    ngx_http_ratelimit_policy_pg_dispatch(pg);
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_broken(ngx_http_ratelimit_policy_pg_conn_t *pc,
+    const char *what)
+{
+    ngx_uint_t                             level;
+    ngx_http_ratelimit_policy_pg_t        *pg;
+    ngx_http_ratelimit_policy_pg_query_t  *q;
+
+    pg = pc->pg;
+
+    if (pc->state == NGX_HTTP_RATELIMIT_POLICY_PG_PREPARING) {
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "ratelimit_policy: database connection lost (%s): %s",
+                      what, PQerrorMessage(pc->conn));
+        ngx_http_ratelimit_policy_pg_connect_failed(pc);
+        return;
+    }
+
+    level = (pc->state == NGX_HTTP_RATELIMIT_POLICY_PG_IDLE) ? NGX_LOG_WARN
+                                                             : NGX_LOG_ERR;
+
+    ngx_log_error(level, pg->log, 0,
+                  "ratelimit_policy: database connection lost (%s): %s",
+                  what, PQerrorMessage(pc->conn));
+
+    q = pc->query;
+    pc->query = NULL;
+
+    ngx_http_ratelimit_policy_pg_close(pc);
+
+    /* reconnect at once, the next failure will back off */
+    pg->failed = 1;
+
+    if (q != NULL) {
+        q->conn = NULL;
+        ngx_http_ratelimit_policy_pg_complete(q,
+                                     NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE,
+                                     NULL);
+    }
+
+    ngx_http_ratelimit_policy_pg_dispatch(pg);
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_close(ngx_http_ratelimit_policy_pg_conn_t *pc)
+{
+    if (pc->connect_timer.timer_set) {
+        ngx_del_timer(&pc->connect_timer);
+    }
+
+    if (pc->c) {
+        /*
+         * libpq owns the descriptor: PQfinish() closes it, which also
+         * takes it out of epoll
+         */
+        pc->c->shared = 1;
+        ngx_close_connection(pc->c);
+        pc->c = NULL;
+    }
+
+    if (pc->result) {
+        PQclear(pc->result);
+        pc->result = NULL;
+    }
+
+    if (pc->conn) {
+        PQfinish(pc->conn);
+        pc->conn = NULL;
+    }
+
+    pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_FREE;
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_complete(ngx_http_ratelimit_policy_pg_query_t *q,
+    ngx_uint_t rc, PGresult *res)
+{
+    if (q->timer.timer_set) {
+        ngx_del_timer(&q->timer);
+    }
+
+    if (rc == NGX_HTTP_RATELIMIT_POLICY_PG_SQL_ERROR && res != NULL) {
+        ngx_log_error(NGX_LOG_ERR, q->log, 0,
+                      "ratelimit_policy: query \"%s\" failed: %s",
+                      ngx_http_ratelimit_policy_stmts[q->stmt].name,
+                      PQresultErrorMessage(res));
+    }
+
+    q->rc = rc;
+    q->result = res;
+
+    q->handler(q);
+
+    if (res) {
+        PQclear(res);
+    }
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_query_timeout(ngx_event_t *ev)
+{
+    ngx_http_ratelimit_policy_pg_t        *pg;
+    ngx_http_ratelimit_policy_pg_conn_t   *pc;
+    ngx_http_ratelimit_policy_pg_query_t  *q;
+
+    q = ev->data;
+
+    if (q->queued) {
+        pc = NULL;
+        ngx_queue_remove(&q->queue);
+        q->queued = 0;
+
+        ngx_log_error(NGX_LOG_ERR, q->log, NGX_ETIMEDOUT,
+                      "ratelimit_policy: query \"%s\" timed out waiting "
+                      "for a database connection",
+                      ngx_http_ratelimit_policy_stmts[q->stmt].name);
+
+    } else {
+        pc = q->conn;
+
+        ngx_log_error(NGX_LOG_ERR, q->log, NGX_ETIMEDOUT,
+                      "ratelimit_policy: query \"%s\" timed out",
+                      ngx_http_ratelimit_policy_stmts[q->stmt].name);
+    }
+
+    pg = NULL;
+
+    if (pc != NULL) {
+        /* the connection is in an unknown state: never reuse it */
+        pg = pc->pg;
+        pc->query = NULL;
+        q->conn = NULL;
+        ngx_http_ratelimit_policy_pg_close(pc);
+    }
+
+    q->rc = NGX_HTTP_RATELIMIT_POLICY_PG_TIMEOUT;
+    q->result = NULL;
+    q->handler(q);
+
+    if (pg) {
+        ngx_http_ratelimit_policy_pg_dispatch(pg);
+    }
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_dispatch(ngx_http_ratelimit_policy_pg_t *pg)
+{
+    ngx_uint_t                             i, busy;
+    ngx_queue_t                           *qq;
+    ngx_http_ratelimit_policy_pg_query_t  *q;
+
+    for (i = 0; i < pg->nconns && !ngx_queue_empty(&pg->waiting); i++) {
+
+        if (pg->conns[i].state != NGX_HTTP_RATELIMIT_POLICY_PG_IDLE) {
+            continue;
+        }
+
+        qq = ngx_queue_head(&pg->waiting);
+        ngx_queue_remove(qq);
+        pg->nwaiting--;
+
+        q = ngx_queue_data(qq, ngx_http_ratelimit_policy_pg_query_t, queue);
+        q->queued = 0;
+
+        if (ngx_http_ratelimit_policy_pg_run(&pg->conns[i], q) != NGX_OK) {
+            ngx_http_ratelimit_policy_pg_complete(q,
+                                     NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE,
+                                     NULL);
+        }
+    }
+
+    if (ngx_queue_empty(&pg->waiting)) {
+        return;
+    }
+
+    /* queries still wait: open a connection for them if none is coming */
+
+    busy = ngx_http_ratelimit_policy_pg_count(pg,
+                                      NGX_HTTP_RATELIMIT_POLICY_PG_BUSY);
+
+    if (ngx_http_ratelimit_policy_pg_count(pg,
+                                      NGX_HTTP_RATELIMIT_POLICY_PG_CONNECTING)
+        + ngx_http_ratelimit_policy_pg_count(pg,
+                                      NGX_HTTP_RATELIMIT_POLICY_PG_PREPARING)
+        > 0)
+    {
+        return;
+    }
+
+    if (!ngx_exiting
+        && (ngx_msec_int_t) (ngx_current_msec - pg->next_connect) >= 0)
+    {
+        for (i = 0; i < pg->nconns; i++) {
+            if (pg->conns[i].state == NGX_HTTP_RATELIMIT_POLICY_PG_FREE) {
+                if (ngx_http_ratelimit_policy_pg_connect(&pg->conns[i])
+                    == NGX_OK)
+                {
+                    return;
+                }
+
+                break;
+            }
+        }
+    }
+
+    if (busy == 0
+        && ngx_http_ratelimit_policy_pg_count(pg,
+                                      NGX_HTTP_RATELIMIT_POLICY_PG_FREE)
+           == pg->nconns)
+    {
+        ngx_http_ratelimit_policy_pg_fail_waiting(pg,
+                                     NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE);
+    }
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_fail_waiting(ngx_http_ratelimit_policy_pg_t *pg,
+    ngx_uint_t rc)
+{
+    ngx_queue_t                           *qq;
+    ngx_http_ratelimit_policy_pg_query_t  *q;
+
+    while (!ngx_queue_empty(&pg->waiting)) {
+        qq = ngx_queue_head(&pg->waiting);
+        ngx_queue_remove(qq);
+        pg->nwaiting--;
+
+        q = ngx_queue_data(qq, ngx_http_ratelimit_policy_pg_query_t, queue);
+        q->queued = 0;
+
+        ngx_http_ratelimit_policy_pg_complete(q, rc, NULL);
+    }
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_notice(void *arg, const char *message)
+{
+    ngx_http_ratelimit_policy_pg_t  *pg = arg;
+
+    ngx_log_error(NGX_LOG_NOTICE, pg->log, 0,
+                  "ratelimit_policy: database says: %s", message);
+}
+
+
+/*
+ * Configuration time: parse the connection string with libpq, resolve
+ * host names now (blocking is fine in the master) and hand libpq numeric
+ * "hostaddr" values, turn off GSSAPI encryption negotiation (Kerberos may
+ * read files and resolve names), and bound every statement on the server
+ * just below the module's query timeout.
+ */
+
+char *
+ngx_http_ratelimit_policy_pg_conninfo(ngx_conf_t *cf,
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf, ngx_str_t *conninfo)
+{
+    u_char             *p, *last, *host, *hostaddr, *options;
+    size_t              len;
+    char               *err, *s;
+    const char        **kw, **val;
+    ngx_uint_t          i, has_gss, has_app;
+    ngx_str_t           name;
+    ngx_url_t           u;
+    PQconninfoOption   *opts, *o;
+
+    err = NULL;
+    opts = PQconninfoParse((char *) conninfo->data, &err);
+
+    if (opts == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid connection string \"%V\": %s", conninfo,
+                           err ? err : "out of memory");
+        if (err) {
+            PQfreemem(err);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    rpmcf->pg_keywords = ngx_array_create(cf->pool, 16, sizeof(char *));
+    rpmcf->pg_values = ngx_array_create(cf->pool, 16, sizeof(char *));
+
+    if (rpmcf->pg_keywords == NULL || rpmcf->pg_values == NULL) {
+        goto failed;
+    }
+
+    host = NULL;
+    hostaddr = NULL;
+    options = NULL;
+    has_gss = 0;
+    has_app = 0;
+
+    for (o = opts; o->keyword; o++) {
+
+        if (o->val == NULL || o->val[0] == '\0') {
+            continue;
+        }
+
+        if (ngx_strcmp(o->keyword, "host") == 0) {
+            host = (u_char *) o->val;
+
+        } else if (ngx_strcmp(o->keyword, "hostaddr") == 0) {
+            hostaddr = (u_char *) o->val;
+            continue;
+
+        } else if (ngx_strcmp(o->keyword, "options") == 0) {
+            options = (u_char *) o->val;
+            continue;
+
+        } else if (ngx_strcmp(o->keyword, "gssencmode") == 0) {
+            has_gss = 1;
+
+        } else if (ngx_strcmp(o->keyword, "application_name") == 0) {
+            has_app = 1;
+        }
+
+        if (ngx_http_ratelimit_policy_pg_add_param(cf, rpmcf, o->keyword,
+                                                   o->val)
+            != NGX_OK)
+        {
+            goto failed;
+        }
+    }
+
+    if (hostaddr == NULL && host != NULL) {
+
+        /* resolve every comma-separated host that is not a socket path */
+
+        len = 0;
+
+        for (p = host; ; p++) {
+            if (*p == ',' || *p == '\0') {
+                len += NGX_SOCKADDR_STRLEN + 1;
+            }
+
+            if (*p == '\0') {
+                break;
+            }
+        }
+
+        hostaddr = ngx_pnalloc(cf->pool, len + 1);
+        if (hostaddr == NULL) {
+            goto failed;
+        }
+
+        last = hostaddr;
+        p = host;
+
+        for ( ;; ) {
+            name.data = p;
+
+            while (*p != ',' && *p != '\0') {
+                p++;
+            }
+
+            name.len = p - name.data;
+
+            if (name.len && name.data[0] != '/' && name.data[0] != '@') {
+
+                ngx_memzero(&u, sizeof(ngx_url_t));
+                u.host = name;
+                u.port = 5432;
+
+                if (ngx_inet_resolve_host(cf->pool, &u) != NGX_OK
+                    || u.naddrs == 0)
+                {
+                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                       "host \"%V\" of \"%V\" not found",
+                                       &name, conninfo);
+                    goto failed;
+                }
+
+                last += ngx_sock_ntop(u.addrs[0].sockaddr,
+                                      u.addrs[0].socklen, last,
+                                      NGX_SOCKADDR_STRLEN, 0);
+            }
+
+            if (*p == '\0') {
+                break;
+            }
+
+            *last++ = ',';
+            p++;
+        }
+
+        *last = '\0';
+
+        /* only socket paths: libpq needs no hostaddr */
+
+        for (p = hostaddr; *p == ','; p++) { /* void */ }
+
+        if (*p == '\0') {
+            hostaddr = NULL;
+        }
+    }
+
+    if (hostaddr) {
+        if (ngx_http_ratelimit_policy_pg_add_param(cf, rpmcf, "hostaddr",
+                                                   (char *) hostaddr)
+            != NGX_OK)
+        {
+            goto failed;
+        }
+    }
+
+    if (!has_gss) {
+        if (ngx_http_ratelimit_policy_pg_add_param(cf, rpmcf, "gssencmode",
+                                                   "disable")
+            != NGX_OK)
+        {
+            goto failed;
+        }
+    }
+
+    if (!has_app) {
+        if (ngx_http_ratelimit_policy_pg_add_param(cf, rpmcf,
+                                                   "application_name",
+                                                   "nginx ratelimit_policy")
+            != NGX_OK)
+        {
+            goto failed;
+        }
+    }
+
+    len = (options ? ngx_strlen(options) : 0)
+          + sizeof(" -c statement_timeout=") + NGX_INT_T_LEN;
+
+    s = ngx_pnalloc(cf->pool, len);
+    if (s == NULL) {
+        goto failed;
+    }
+
+    i = rpmcf->query_timeout > 200 ? rpmcf->query_timeout - 100
+                                   : rpmcf->query_timeout;
+
+    *ngx_snprintf((u_char *) s, len - 1, "%s%s-c statement_timeout=%ui",
+                  options ? (char *) options : "", options ? " " : "", i)
+        = '\0';
+
+    if (ngx_http_ratelimit_policy_pg_add_param(cf, rpmcf, "options", s)
+        != NGX_OK)
+    {
+        goto failed;
+    }
+
+    kw = ngx_array_push(rpmcf->pg_keywords);
+    val = ngx_array_push(rpmcf->pg_values);
+
+    if (kw == NULL || val == NULL) {
+        goto failed;
+    }
+
+    *kw = NULL;
+    *val = NULL;
+
+    PQconninfoFree(opts);
+
+    return NGX_CONF_OK;
+
+failed:
+
+    PQconninfoFree(opts);
+
+    return NGX_CONF_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_pg_add_param(ngx_conf_t *cf,
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf, const char *key,
+    const char *value)
+{
+    u_char       *k, *v;
+    size_t        len;
+    const char  **kw, **val;
+
+    len = ngx_strlen(key) + 1;
+    k = ngx_pnalloc(cf->pool, len);
+    if (k == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(k, key, len);
+
+    len = ngx_strlen(value) + 1;
+    v = ngx_pnalloc(cf->pool, len);
+    if (v == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(v, value, len);
+
+    kw = ngx_array_push(rpmcf->pg_keywords);
+    val = ngx_array_push(rpmcf->pg_values);
+
+    if (kw == NULL || val == NULL) {
+        return NGX_ERROR;
+    }
+
+    *kw = (const char *) k;
+    *val = (const char *) v;
+
+    return NGX_OK;
+}

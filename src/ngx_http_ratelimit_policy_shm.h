@@ -1,0 +1,113 @@
+
+/*
+ * Copyright (C) ngx_http_ratelimit_policy_module authors
+ */
+
+
+#ifndef _NGX_HTTP_RATELIMIT_POLICY_SHM_H_INCLUDED_
+#define _NGX_HTTP_RATELIMIT_POLICY_SHM_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_ratelimit_policy_common.h"
+
+
+/* bump on any change of the structures below: reload refuses the zone */
+#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5001
+
+#define NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE  1
+#define NGX_HTTP_RATELIMIT_POLICY_NODE_TOKEN     2
+
+#define NGX_HTTP_RATELIMIT_POLICY_STATE_NONE      0
+#define NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND     1
+#define NGX_HTTP_RATELIMIT_POLICY_STATE_MISSING   2
+
+
+typedef struct {
+    u_char                        color;
+    u_char                        type;
+    u_char                        state;
+    u_char                        has_active_plan;
+    u_char                        token_known;
+    u_char                        slug_len;
+    u_char                        has_slug;
+    u_char                        key_len;
+
+    ngx_queue_t                   queue;
+
+    ngx_msec_t                    expires;
+    ngx_msec_t                    loading;      /* loading until, or 0 */
+    ngx_pid_t                     loader;
+    ngx_uint_t                    version;      /* bumped by invalidation */
+    ngx_uint_t                    epoch;
+
+    int64_t                       account_id;
+    u_char                        digest[NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN];
+    u_char                        slug[NGX_HTTP_RATELIMIT_POLICY_SLUG_MAX];
+
+    u_char                        key[1];
+} ngx_http_ratelimit_policy_node_t;
+
+
+typedef struct {
+    ngx_atomic_t                  cache_hits;
+    ngx_atomic_t                  cache_misses;
+    ngx_atomic_t                  cache_negative_hits;
+    ngx_atomic_t                  cache_stale;
+    ngx_atomic_t                  db_queries;
+    ngx_atomic_t                  db_errors;
+    ngx_atomic_t                  db_timeouts;
+    ngx_atomic_t                  evictions;
+} ngx_http_ratelimit_policy_stats_t;
+
+
+typedef struct {
+    ngx_uint_t                    magic;
+    ngx_rbtree_t                  rbtree;
+    ngx_rbtree_node_t             sentinel;
+    ngx_queue_t                   lru;
+    ngx_uint_t                    entries;
+
+    /* entries of an older epoch are stale: bumped after a resync */
+    ngx_uint_t                    epoch;
+
+    /* the policy catalogue, see ngx_http_ratelimit_policy_cache.h */
+    u_char                       *catalog;
+    size_t                        catalog_size;
+    ngx_atomic_t                  catalog_gen;
+    ngx_msec_t                    catalog_expires;
+    ngx_msec_t                    catalog_loading;
+    ngx_uint_t                    catalog_version;
+
+    ngx_http_ratelimit_policy_stats_t  stats;
+} ngx_http_ratelimit_policy_sh_t;
+
+
+typedef struct {
+    ngx_http_ratelimit_policy_sh_t   *sh;
+    ngx_slab_pool_t                  *shpool;
+    ngx_str_t                         name;
+} ngx_http_ratelimit_policy_shctx_t;
+
+
+ngx_int_t ngx_http_ratelimit_policy_shm_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+
+/* with the zone locked */
+ngx_http_ratelimit_policy_node_t *ngx_http_ratelimit_policy_shm_lookup(
+    ngx_http_ratelimit_policy_shctx_t *ctx, ngx_uint_t type, u_char *key,
+    size_t len);
+ngx_http_ratelimit_policy_node_t *ngx_http_ratelimit_policy_shm_create(
+    ngx_http_ratelimit_policy_shctx_t *ctx, ngx_uint_t type, u_char *key,
+    size_t len);
+void *ngx_http_ratelimit_policy_shm_alloc(
+    ngx_http_ratelimit_policy_shctx_t *ctx, size_t size);
+
+
+#define ngx_http_ratelimit_policy_stat(ctx, name)                            \
+    (void) ngx_atomic_fetch_add(&(ctx)->sh->stats.name, 1)
+
+
+#endif /* _NGX_HTTP_RATELIMIT_POLICY_SHM_H_INCLUDED_ */
