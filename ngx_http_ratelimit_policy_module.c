@@ -89,6 +89,13 @@ static ngx_command_t  ngx_http_ratelimit_policy_commands[] = {
       0,
       NULL },
 
+    { ngx_string("ratelimit_policy_engine_sync"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_policy_loc_conf_t, engine_sync),
+      NULL },
+
     { ngx_string("ratelimit_policy_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_ratelimit_policy_api,
@@ -240,6 +247,7 @@ ngx_http_ratelimit_policy_create_loc_conf(ngx_conf_t *cf)
      *
      *     rpcf->instance = NULL;
      *     rpcf->token = NULL;
+     *     rpcf->engine_sync = { 0, NULL };
      */
 
     rpcf->api = NGX_CONF_UNSET;
@@ -264,6 +272,14 @@ ngx_http_ratelimit_policy_merge_loc_conf(ngx_conf_t *cf, void *parent,
     }
 
     ngx_conf_merge_value(conf->api, prev->api, 0);
+    ngx_conf_merge_str_value(conf->engine_sync, prev->engine_sync, "");
+
+    if (conf->engine_sync.len && conf->engine_sync.data[0] != '/') {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "ratelimit_policy_engine_sync \"%V\" must be "
+                           "a URI starting with \"/\"", &conf->engine_sync);
+        return NGX_CONF_ERROR;
+    }
 
     return NGX_CONF_OK;
 }

@@ -24,6 +24,34 @@ static ngx_int_t ngx_http_ratelimit_policy_get_token(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_loc_conf_t *rpcf, ngx_str_t *token);
 static ngx_int_t ngx_http_ratelimit_policy_add_header(ngx_http_request_t *r,
     const char *name, u_char *value, size_t len);
+static ngx_int_t ngx_http_ratelimit_policy_patch(ngx_http_request_t *r);
+static void ngx_http_ratelimit_policy_patch_body(ngx_http_request_t *r);
+static ngx_int_t ngx_http_ratelimit_policy_patch_slug(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_ctx_t *ctx, ngx_uint_t *status,
+    const char **code, const char **message);
+static ngx_int_t ngx_http_ratelimit_policy_form_slug(ngx_http_request_t *r,
+    ngx_chain_t *in, ngx_str_t *slug, const char **message);
+static void ngx_http_ratelimit_policy_patch_resume(ngx_http_request_t *r);
+static ngx_int_t ngx_http_ratelimit_policy_patch_set(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_ctx_t *ctx);
+static void ngx_http_ratelimit_policy_patch_done(
+    ngx_http_ratelimit_policy_pg_query_t *q);
+static ngx_int_t ngx_http_ratelimit_policy_patch_result(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_ctx_t *ctx);
+static void ngx_http_ratelimit_policy_patch_store(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_ctx_t *ctx, u_char *slug, size_t len);
+static ngx_int_t ngx_http_ratelimit_policy_engine_sync(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_ctx_t *ctx);
+static ngx_int_t ngx_http_ratelimit_policy_engine_synced(
+    ngx_http_request_t *sr, void *data, ngx_int_t rc);
+static void ngx_http_ratelimit_policy_patch_finish(ngx_http_request_t *r);
+static ngx_int_t ngx_http_ratelimit_policy_valid_slug(ngx_str_t *slug);
+
+
+#define NGX_HTTP_RATELIMIT_POLICY_BODY_MAX       16384
+
+/* nginx 1.22 has no status line of its own for it */
+#define NGX_HTTP_RATELIMIT_POLICY_UNPROCESSABLE  422
 
 
 ngx_int_t
@@ -55,16 +83,7 @@ ngx_http_ratelimit_policy_api_handler(ngx_http_request_t *r)
     }
 
     if (r->method == NGX_HTTP_PATCH) {
-        rc = ngx_http_discard_request_body(r);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
-        return ngx_http_ratelimit_policy_send_error(r,
-                                     NGX_HTTP_NOT_IMPLEMENTED,
-                                     "not_implemented",
-                                     "changing the policy is not available "
-                                     "in this version", NULL);
+        return ngx_http_ratelimit_policy_patch(r);
     }
 
     rc = ngx_http_discard_request_body(r);
@@ -569,6 +588,10 @@ ngx_http_ratelimit_policy_send_json(ngx_http_request_t *r, ngx_uint_t status,
     r->headers_out.status = status;
     r->headers_out.content_length_n = len;
 
+    if (status == NGX_HTTP_RATELIMIT_POLICY_UNPROCESSABLE) {
+        ngx_str_set(&r->headers_out.status_line, "422 Unprocessable Entity");
+    }
+
     ngx_str_set(&r->headers_out.content_type, "application/json");
     r->headers_out.content_type_len = sizeof("application/json") - 1;
     r->headers_out.content_type_lowcase = NULL;
@@ -606,6 +629,725 @@ ngx_http_ratelimit_policy_add_header(ngx_http_request_t *r, const char *name,
     h->key.len = ngx_strlen(name);
     h->value.data = value;
     h->value.len = len;
+
+    return NGX_OK;
+}
+
+
+/*
+ * PATCH: the body is read in memory (at most 16 KiB), the instance is
+ * authenticated like GET, the change is made by
+ * ratelimit.set_instance_policy() in one round trip (the database refuses
+ * a paid policy without an active plan, whatever the cache says), the zone
+ * is updated at once, and the engine is told through a PUT subrequest.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_policy_patch(ngx_http_request_t *r)
+{
+    ngx_int_t                         rc;
+    ngx_http_ratelimit_policy_ctx_t  *ctx;
+
+    if (r->headers_in.content_length_n > NGX_HTTP_RATELIMIT_POLICY_BODY_MAX) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_ratelimit_policy_send_error(r,
+                                     NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                     "body_too_large",
+                                     "the body is larger than 16 KiB", NULL);
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_ratelimit_policy_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_http_ratelimit_policy_module);
+
+    rc = ngx_http_read_client_request_body(r,
+                                        ngx_http_ratelimit_policy_patch_body);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_ratelimit_policy_patch_body(ngx_http_request_t *r)
+{
+    ngx_int_t                         rc;
+    ngx_uint_t                        status;
+    const char                       *code, *message;
+    ngx_http_ratelimit_policy_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_policy_module);
+
+    rc = ngx_http_ratelimit_policy_credentials(r, ctx, &status, &code,
+                                               &message);
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_ratelimit_policy_patch_slug(r, ctx, &status, &code,
+                                                  &message);
+    }
+
+    if (rc == NGX_ERROR) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    if (rc != NGX_OK) {
+        ngx_http_finalize_request(r,
+                      ngx_http_ratelimit_policy_send_error(r, status, code,
+                                                           message, NULL));
+        return;
+    }
+
+    ctx->lookup.resume = ngx_http_ratelimit_policy_patch_resume;
+
+    rc = ngx_http_ratelimit_policy_resolve(r, &ctx->lookup);
+
+    if (rc == NGX_AGAIN) {
+        /* the request stays alive: the body reader's reference is ours */
+        return;
+    }
+
+    if (rc == NGX_ERROR) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    rc = ngx_http_ratelimit_policy_patch_set(r, ctx);
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_patch_slug(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_ctx_t *ctx, ngx_uint_t *status,
+    const char **code, const char **message)
+{
+    u_char       *src, *dst;
+    off_t         size;
+    ngx_str_t     arg, body_slug, *type;
+    ngx_int_t     rc;
+    ngx_chain_t  *cl;
+
+    body_slug.len = 0;
+    body_slug.data = NULL;
+
+    size = 0;
+
+    if (r->request_body) {
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            size += ngx_buf_size(cl->buf);
+
+            if (!ngx_buf_in_memory(cl->buf)) {
+                /* client_body_buffer_size is below 16k: refuse clearly */
+                *status = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+                *code = "body_too_large";
+                *message = "the body did not fit in client_body_buffer_size";
+                return NGX_DECLINED;
+            }
+        }
+    }
+
+    if (size > NGX_HTTP_RATELIMIT_POLICY_BODY_MAX) {
+        *status = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
+        *code = "body_too_large";
+        *message = "the body is larger than 16 KiB";
+        return NGX_DECLINED;
+    }
+
+    if (size > 0) {
+        type = r->headers_in.content_type ? &r->headers_in.content_type->value
+                                          : NULL;
+
+        if (type != NULL
+            && type->len >= sizeof("application/json") - 1
+            && ngx_strncasecmp(type->data, (u_char *) "application/json",
+                               sizeof("application/json") - 1) == 0
+            && (type->len == sizeof("application/json") - 1
+                || type->data[sizeof("application/json") - 1] == ';'
+                || type->data[sizeof("application/json") - 1] == ' '))
+        {
+            rc = ngx_http_ratelimit_policy_json_parse_slug(r->pool,
+                                                   r->request_body->bufs,
+                                                   &body_slug, message);
+
+        } else if (type != NULL
+                   && type->len
+                      >= sizeof("application/x-www-form-urlencoded") - 1
+                   && ngx_strncasecmp(type->data,
+                              (u_char *) "application/x-www-form-urlencoded",
+                              sizeof("application/x-www-form-urlencoded") - 1)
+                      == 0)
+        {
+            rc = ngx_http_ratelimit_policy_form_slug(r,
+                                                     r->request_body->bufs,
+                                                     &body_slug, message);
+
+        } else {
+            *status = NGX_HTTP_UNSUPPORTED_MEDIA_TYPE;
+            *code = "unsupported_media_type";
+            *message = "the body must be application/json or "
+                       "application/x-www-form-urlencoded";
+            return NGX_DECLINED;
+        }
+
+        if (rc == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (rc != NGX_OK) {
+            *status = NGX_HTTP_BAD_REQUEST;
+            *code = "invalid_body";
+            return NGX_DECLINED;
+        }
+    }
+
+    /* the query string wins over the body */
+
+    if (ngx_http_arg(r, (u_char *) "policy_slug", 11, &arg) == NGX_OK
+        && arg.len)
+    {
+        ctx->slug.data = ngx_pnalloc(r->pool, arg.len + 1);
+        if (ctx->slug.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        src = arg.data;
+        dst = ctx->slug.data;
+
+        ngx_unescape_uri(&dst, &src, arg.len, 0);
+
+        ctx->slug.len = dst - ctx->slug.data;
+        *dst = '\0';
+
+    } else {
+        ctx->slug = body_slug;
+    }
+
+    if (ctx->slug.len == 0) {
+        *status = NGX_HTTP_BAD_REQUEST;
+        *code = "missing_parameter";
+        *message = "policy_slug is required";
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_form_slug(ngx_http_request_t *r, ngx_chain_t *in,
+    ngx_str_t *slug, const char **message)
+{
+    u_char       *body, *p, *last, *name, *value, *end, *src, *dst;
+    size_t        len;
+    ngx_chain_t  *cl;
+
+    len = 0;
+
+    for (cl = in; cl; cl = cl->next) {
+        len += cl->buf->last - cl->buf->pos;
+    }
+
+    body = ngx_pnalloc(r->pool, len);
+    if (body == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = body;
+
+    for (cl = in; cl; cl = cl->next) {
+        p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
+    }
+
+    last = p;
+    slug->len = 0;
+    slug->data = NULL;
+
+    for (p = body; p < last; p = end + 1) {
+        name = p;
+        end = ngx_strlchr(p, last, '&');
+
+        if (end == NULL) {
+            end = last;
+        }
+
+        value = ngx_strlchr(name, end, '=');
+
+        if (value == NULL) {
+            continue;
+        }
+
+        if (value - name != sizeof("policy_slug") - 1
+            || ngx_strncmp(name, "policy_slug", sizeof("policy_slug") - 1)
+               != 0)
+        {
+            continue;
+        }
+
+        if (slug->data) {
+            *message = "the body has policy_slug twice";
+            return NGX_DECLINED;
+        }
+
+        value++;
+
+        slug->data = ngx_pnalloc(r->pool, end - value + 1);
+        if (slug->data == NULL) {
+            return NGX_ERROR;
+        }
+
+        src = value;
+        dst = slug->data;
+
+        ngx_unescape_uri(&dst, &src, end - value, 0);
+
+        slug->len = dst - slug->data;
+        *dst = '\0';
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_ratelimit_policy_patch_resume(ngx_http_request_t *r)
+{
+    ngx_int_t                         rc;
+    ngx_connection_t                 *c;
+    ngx_http_ratelimit_policy_ctx_t  *ctx;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_policy_module);
+
+    rc = ngx_http_ratelimit_policy_patch_set(r, ctx);
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_patch_set(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_ctx_t *ctx)
+{
+    ngx_int_t                               rc;
+    ngx_uint_t                              status;
+    const char                             *code, *message;
+    ngx_http_ratelimit_policy_pg_query_t   *q;
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
+
+    rc = ngx_http_ratelimit_policy_authorize(r, ctx, &status, &code,
+                                             &message);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc != NGX_OK) {
+        return ngx_http_ratelimit_policy_send_error(r, status, code, message,
+                                                    NULL);
+    }
+
+    if (ngx_http_ratelimit_policy_valid_slug(&ctx->slug) != NGX_OK) {
+        return ngx_http_ratelimit_policy_send_error(r,
+                                     NGX_HTTP_RATELIMIT_POLICY_UNPROCESSABLE,
+                                     "unknown_policy",
+                                     "there is no policy with that slug",
+                                     NULL);
+    }
+
+    rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
+
+    q = &ctx->query;
+    q->stmt = NGX_HTTP_RATELIMIT_POLICY_STMT_SET;
+    q->nparams = 2;
+    q->values[0] = (const char *) ctx->lookup.instance;
+    q->values[1] = (const char *) ctx->slug.data;
+    q->handler = ngx_http_ratelimit_policy_patch_done;
+    q->data = r;
+    q->log = r->connection->log;
+
+    /* text parameters are NUL-terminated */
+
+    q->values[0] = ngx_pnalloc(r->pool,
+                               NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN + 1);
+    if (q->values[0] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy((u_char *) q->values[0], ctx->lookup.instance,
+               NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+    ((u_char *) q->values[0])[NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN] = '\0';
+
+    if (ngx_http_ratelimit_policy_pg_send(rpmcf->pg, q) != NGX_OK) {
+        return ngx_http_ratelimit_policy_patch_result(r, ctx);
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_ratelimit_policy_patch_done(ngx_http_ratelimit_policy_pg_query_t *q)
+{
+    ngx_int_t                         rc;
+    ngx_connection_t                 *c;
+    ngx_http_request_t               *r;
+    ngx_http_ratelimit_policy_ctx_t  *ctx;
+
+    r = q->data;
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_policy_module);
+
+    rc = ngx_http_ratelimit_policy_patch_result(r, ctx);
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_patch_result(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_ctx_t *ctx)
+{
+    char                                  *sqlstate;
+    ngx_int_t                              rc;
+    ngx_uint_t                             status;
+    const char                            *code, *message;
+    ngx_http_ratelimit_policy_pg_query_t  *q;
+
+    q = &ctx->query;
+
+    switch (q->rc) {
+
+    case NGX_HTTP_RATELIMIT_POLICY_PG_OK:
+        break;
+
+    case NGX_HTTP_RATELIMIT_POLICY_PG_TIMEOUT:
+        return ngx_http_ratelimit_policy_send_error(r,
+                                     NGX_HTTP_GATEWAY_TIME_OUT,
+                                     "database_timeout",
+                                     "the database did not answer in time",
+                                     NULL);
+
+    case NGX_HTTP_RATELIMIT_POLICY_PG_SQL_ERROR:
+
+        sqlstate = q->result ? PQresultErrorField(q->result,
+                                                  PG_DIAG_SQLSTATE)
+                             : NULL;
+
+        if (sqlstate && ngx_strcmp(sqlstate, "RLP01") == 0) {
+            return ngx_http_ratelimit_policy_send_error(r,
+                                     NGX_HTTP_NOT_FOUND,
+                                     "instance_not_found",
+                                     "no such instance for this account",
+                                     NULL);
+        }
+
+        if (sqlstate && ngx_strcmp(sqlstate, "RLP02") == 0) {
+            return ngx_http_ratelimit_policy_send_error(r,
+                                     NGX_HTTP_RATELIMIT_POLICY_UNPROCESSABLE,
+                                     "unknown_policy",
+                                     "there is no policy with that slug",
+                                     NULL);
+        }
+
+        if (sqlstate && ngx_strcmp(sqlstate, "RLP03") == 0) {
+            return ngx_http_ratelimit_policy_send_error(r,
+                                     NGX_HTTP_FORBIDDEN,
+                                     "policy_not_available",
+                                     "this policy needs an active plan",
+                                     NULL);
+        }
+
+        if (sqlstate && ngx_strcmp(sqlstate, "57014") == 0) {
+            return ngx_http_ratelimit_policy_send_error(r,
+                                     NGX_HTTP_GATEWAY_TIME_OUT,
+                                     "database_timeout",
+                                     "the database did not answer in time",
+                                     NULL);
+        }
+
+        /* fall through */
+
+    default:
+        return ngx_http_ratelimit_policy_send_error(r,
+                                     NGX_HTTP_SERVICE_UNAVAILABLE,
+                                     "database_unavailable",
+                                     "the database is unavailable, "
+                                     "retry later", NULL);
+    }
+
+    if (PQntuples(q->result) != 1 || PQgetisnull(q->result, 0, 0)) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "ratelimit_policy: set_instance_policy() returned "
+                      "no slug");
+        return ngx_http_ratelimit_policy_send_error(r,
+                                     NGX_HTTP_SERVICE_UNAVAILABLE,
+                                     "database_unavailable",
+                                     "the database is unavailable, "
+                                     "retry later", NULL);
+    }
+
+    ngx_http_ratelimit_policy_patch_store(r, ctx,
+                                      (u_char *) PQgetvalue(q->result, 0, 0),
+                                      PQgetlength(q->result, 0, 0));
+
+    rc = ngx_http_ratelimit_policy_authorize(r, ctx, &status, &code,
+                                             &message);
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "ratelimit_policy: instance \"%V\" now has policy \"%V\"",
+                  &ctx->instance, &ctx->policy);
+
+    rc = ngx_http_ratelimit_policy_engine_sync(r, ctx);
+
+    if (rc == NGX_DONE || rc == NGX_ERROR) {
+        return rc == NGX_DONE ? NGX_DONE : NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_ratelimit_policy_api_document(r, ctx, "policy updated");
+}
+
+
+/* the zone learns the change at once; a lookup in flight will not undo it */
+
+static void
+ngx_http_ratelimit_policy_patch_store(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_ctx_t *ctx, u_char *slug, size_t len)
+{
+    ngx_http_ratelimit_policy_policy_t     *p;
+    ngx_http_ratelimit_policy_lookup_t     *lk;
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
+
+    lk = &ctx->lookup;
+
+    if (len > NGX_HTTP_RATELIMIT_POLICY_SLUG_MAX) {
+        len = NGX_HTTP_RATELIMIT_POLICY_SLUG_MAX;
+    }
+
+    lk->has_slug = 1;
+    lk->slug_len = len;
+    ngx_memcpy(lk->slug, slug, len);
+
+    /* the database accepted a paid policy: the plan is active */
+
+    p = ngx_http_ratelimit_policy_catalog_find(lk->catalog, slug, len);
+
+    if (p != NULL && !p->is_free) {
+        lk->has_active_plan = 1;
+    }
+
+    rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
+
+    ngx_http_ratelimit_policy_cache_update(rpmcf->shm_zone, lk);
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_engine_sync(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_ctx_t *ctx)
+{
+    ngx_buf_t                             *b;
+    ngx_str_t                              body;
+    ngx_chain_t                           *cl;
+    ngx_table_elt_t                       *h;
+    ngx_http_request_t                    *sr;
+    ngx_http_post_subrequest_t            *ps;
+    ngx_http_ratelimit_policy_loc_conf_t  *rpcf;
+
+    rpcf = ngx_http_get_module_loc_conf(r, ngx_http_ratelimit_policy_module);
+
+    if (rpcf->engine_sync.len == 0 || ctx->effective == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_ratelimit_policy_json_engine(r->pool, &ctx->instance,
+                                              ctx->lookup.catalog,
+                                              ctx->effective, &body)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ps = ngx_palloc(r->pool, sizeof(ngx_http_post_subrequest_t));
+    if (ps == NULL) {
+        return NGX_ERROR;
+    }
+
+    ps->handler = ngx_http_ratelimit_policy_engine_synced;
+    ps->data = ctx;
+
+    if (ngx_http_subrequest(r, &rpcf->engine_sync, NULL, &sr, ps,
+                            NGX_HTTP_SUBREQUEST_WAITED)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* only the status matters; the engine's body is not sent anywhere */
+
+    sr->header_only = 1;
+
+    sr->method = NGX_HTTP_PUT;
+    ngx_str_set(&sr->method_name, "PUT");
+
+    /* the client's headers (and its token) are not passed on */
+
+    if (ngx_list_init(&sr->headers_in.headers, r->pool, 4,
+                      sizeof(ngx_table_elt_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    sr->headers_in.authorization = NULL;
+    sr->headers_in.cookies.nelts = 0;
+
+    h = ngx_list_push(&sr->headers_in.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Content-Type");
+    ngx_str_set(&h->value, "application/json");
+    h->lowcase_key = (u_char *) "content-type";
+    sr->headers_in.content_type = h;
+
+    sr->headers_in.content_length_n = body.len;
+    sr->headers_in.content_length = NULL;
+    sr->headers_in.chunked = 0;
+
+    sr->request_body = ngx_pcalloc(r->pool, sizeof(ngx_http_request_body_t));
+    if (sr->request_body == NULL) {
+        return NGX_ERROR;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = body.data;
+    b->last = body.data + body.len;
+    b->memory = 1;
+    b->last_buf = 1;
+
+    cl = ngx_alloc_chain_link(r->pool);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    cl->buf = b;
+    cl->next = NULL;
+
+    sr->request_body->bufs = cl;
+
+    r->write_event_handler = ngx_http_ratelimit_policy_patch_finish;
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_engine_synced(ngx_http_request_t *sr, void *data,
+    ngx_int_t rc)
+{
+    ngx_http_ratelimit_policy_ctx_t  *ctx = data;
+
+    ctx->sync_done = 1;
+    ctx->sync_status = sr->headers_out.status;
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE || rc == NGX_ERROR) {
+        ctx->sync_status = (rc == NGX_ERROR) ? NGX_HTTP_BAD_GATEWAY : rc;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sr->connection->log, 0,
+                   "ratelimit_policy: engine sync done, rc:%i status:%ui",
+                   rc, ctx->sync_status);
+
+    return rc;
+}
+
+
+static void
+ngx_http_ratelimit_policy_patch_finish(ngx_http_request_t *r)
+{
+    ngx_http_ratelimit_policy_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_policy_module);
+
+    if (!ctx->sync_done) {
+        return;
+    }
+
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    if (ctx->sync_status >= NGX_HTTP_OK
+        && ctx->sync_status < NGX_HTTP_SPECIAL_RESPONSE)
+    {
+        ngx_http_finalize_request(r,
+                      ngx_http_ratelimit_policy_api_document(r, ctx,
+                                                          "policy updated"));
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "ratelimit_policy: the engine answered %ui to the policy "
+                  "of instance \"%V\"", ctx->sync_status, &ctx->instance);
+
+    ngx_http_finalize_request(r,
+                  ngx_http_ratelimit_policy_send_error(r,
+                                     NGX_HTTP_BAD_GATEWAY,
+                                     "engine_sync_failed",
+                                     "the policy is saved, but the engine "
+                                     "was not updated; retry the request",
+                                     &ctx->policy));
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_valid_slug(ngx_str_t *slug)
+{
+    u_char      c;
+    ngx_uint_t  i;
+
+    if (slug->len == 0 || slug->len > NGX_HTTP_RATELIMIT_POLICY_SLUG_MAX) {
+        return NGX_DECLINED;
+    }
+
+    for (i = 0; i < slug->len; i++) {
+        c = slug->data[i];
+
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z')
+              || (c >= 'A' && c <= 'Z') || c == '_' || c == '-' || c == '.'))
+        {
+            return NGX_DECLINED;
+        }
+    }
 
     return NGX_OK;
 }

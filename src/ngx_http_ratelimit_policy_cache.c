@@ -972,6 +972,36 @@ ngx_http_ratelimit_policy_catalog_find(ngx_http_ratelimit_policy_catalog_t *cat,
 
 
 void
+ngx_http_ratelimit_policy_cache_update(ngx_shm_zone_t *zone,
+    ngx_http_ratelimit_policy_lookup_t *lk)
+{
+    ngx_http_ratelimit_policy_node_t   *node;
+    ngx_http_ratelimit_policy_shctx_t  *ctx;
+
+    ctx = zone->data;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    node = ngx_http_ratelimit_policy_shm_lookup(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
+                                       lk->instance,
+                                       NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+
+    if (node != NULL
+        && node->state == NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND)
+    {
+        node->version++;
+        node->has_active_plan = (u_char) lk->has_active_plan;
+        node->has_slug = (u_char) lk->has_slug;
+        node->slug_len = (u_char) lk->slug_len;
+        ngx_memcpy(node->slug, lk->slug, lk->slug_len);
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+}
+
+
+void
 ngx_http_ratelimit_policy_invalidate(ngx_shm_zone_t *zone, u_char *instance,
     size_t len)
 {

@@ -92,6 +92,10 @@ ngx_int_t ngx_http_ratelimit_policy_resolve(ngx_http_request_t *r,
 ngx_http_ratelimit_policy_policy_t *ngx_http_ratelimit_policy_catalog_find(
     ngx_http_ratelimit_policy_catalog_t *cat, u_char *slug, size_t len);
 
+/* a change this node made: store it, and void lookups in flight */
+void ngx_http_ratelimit_policy_cache_update(ngx_shm_zone_t *zone,
+    ngx_http_ratelimit_policy_lookup_t *lk);
+
 /* mark an instance ("*": the whole catalogue) as changed */
 void ngx_http_ratelimit_policy_invalidate(ngx_shm_zone_t *zone,
     u_char *instance, size_t len);

@@ -69,6 +69,7 @@ typedef struct {
     ngx_http_complex_value_t    *instance;
     ngx_http_complex_value_t    *token;
     ngx_flag_t                   api;
+    ngx_str_t                    engine_sync;
 } ngx_http_ratelimit_policy_loc_conf_t;
 
 

@@ -11,10 +11,15 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include <yajl/yajl_gen.h>
+#include <yajl/yajl_parse.h>
 #include "ngx_http_ratelimit_policy_json.h"
 
 
 #define NGX_HTTP_RATELIMIT_POLICY_CATALOG_COLUMNS  14
+
+/* a PATCH body is one flat object; one more level is tolerated */
+#define NGX_HTTP_RATELIMIT_POLICY_JSON_DEPTH       2
+#define NGX_HTTP_RATELIMIT_POLICY_JSON_KEYS        32
 
 
 typedef struct {
@@ -42,6 +47,48 @@ static ngx_int_t ngx_http_ratelimit_policy_json_int(u_char *p, size_t len,
 #define ngx_yajl_str(g, s)                                                   \
     (yajl_gen_string(g, (const unsigned char *) s, sizeof(s) - 1)            \
      == yajl_gen_status_ok)
+
+
+typedef struct {
+    ngx_pool_t                   *pool;
+    ngx_uint_t                    depth;
+    ngx_uint_t                    values;       /* top-level values seen */
+    ngx_uint_t                    want_slug;
+    ngx_uint_t                    nkeys;
+    ngx_str_t                     keys[NGX_HTTP_RATELIMIT_POLICY_JSON_KEYS];
+    ngx_str_t                    *slug;
+    const char                   *error;
+} ngx_http_ratelimit_policy_body_t;
+
+
+static int ngx_http_ratelimit_policy_body_null(void *ctx);
+static int ngx_http_ratelimit_policy_body_boolean(void *ctx, int b);
+static int ngx_http_ratelimit_policy_body_number(void *ctx, const char *s,
+    size_t len);
+static int ngx_http_ratelimit_policy_body_string(void *ctx,
+    const unsigned char *s, size_t len);
+static int ngx_http_ratelimit_policy_body_start_map(void *ctx);
+static int ngx_http_ratelimit_policy_body_map_key(void *ctx,
+    const unsigned char *s, size_t len);
+static int ngx_http_ratelimit_policy_body_end(void *ctx);
+static int ngx_http_ratelimit_policy_body_start_array(void *ctx);
+static int ngx_http_ratelimit_policy_body_scalar(
+    ngx_http_ratelimit_policy_body_t *b);
+
+
+static yajl_callbacks  ngx_http_ratelimit_policy_body_callbacks = {
+    ngx_http_ratelimit_policy_body_null,
+    ngx_http_ratelimit_policy_body_boolean,
+    NULL,
+    NULL,
+    ngx_http_ratelimit_policy_body_number,
+    ngx_http_ratelimit_policy_body_string,
+    ngx_http_ratelimit_policy_body_start_map,
+    ngx_http_ratelimit_policy_body_map_key,
+    ngx_http_ratelimit_policy_body_end,
+    ngx_http_ratelimit_policy_body_start_array,
+    ngx_http_ratelimit_policy_body_end
+};
 
 
 static const char  *ngx_http_ratelimit_policy_limit_names[] = {
@@ -519,6 +566,306 @@ ngx_http_ratelimit_policy_json_error(ngx_pool_t *pool, ngx_str_t *out,
 
     if (out->data != NULL) {
         ngx_memcpy(out->data, buf, glen);
+        out->len = glen;
+        rc = NGX_OK;
+    }
+
+done:
+
+    yajl_gen_free(g);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_ratelimit_policy_json_parse_slug(ngx_pool_t *pool, ngx_chain_t *in,
+    ngx_str_t *slug, const char **error)
+{
+    yajl_handle                        h;
+    yajl_status                        st;
+    ngx_chain_t                       *cl;
+    ngx_http_ratelimit_policy_body_t   body;
+
+    ngx_memzero(&body, sizeof(ngx_http_ratelimit_policy_body_t));
+    body.pool = pool;
+    body.slug = slug;
+
+    slug->len = 0;
+    slug->data = NULL;
+
+    /* yajl's defaults: no comments, UTF-8 checked, no trailing garbage */
+
+    h = yajl_alloc(&ngx_http_ratelimit_policy_body_callbacks, NULL, &body);
+    if (h == NULL) {
+        *error = "out of memory";
+        return NGX_ERROR;
+    }
+
+    st = yajl_status_ok;
+
+    for (cl = in; cl && st == yajl_status_ok; cl = cl->next) {
+        if (cl->buf->last > cl->buf->pos) {
+            st = yajl_parse(h, cl->buf->pos, cl->buf->last - cl->buf->pos);
+        }
+    }
+
+    if (st == yajl_status_ok) {
+        st = yajl_complete_parse(h);
+    }
+
+    yajl_free(h);
+
+    if (st != yajl_status_ok) {
+        *error = body.error ? body.error : "the body is not valid JSON";
+        return NGX_DECLINED;
+    }
+
+    if (body.values == 0) {
+        *error = "the body is not valid JSON";
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static int
+ngx_http_ratelimit_policy_body_scalar(ngx_http_ratelimit_policy_body_t *b)
+{
+    if (b->depth == 0) {
+        b->error = "the body must be a JSON object";
+        return 0;
+    }
+
+    if (b->want_slug) {
+        b->error = "policy_slug must be a string";
+        return 0;
+    }
+
+    return 1;
+}
+
+
+static int
+ngx_http_ratelimit_policy_body_null(void *ctx)
+{
+    return ngx_http_ratelimit_policy_body_scalar(ctx);
+}
+
+
+static int
+ngx_http_ratelimit_policy_body_boolean(void *ctx, int v)
+{
+    return ngx_http_ratelimit_policy_body_scalar(ctx);
+}
+
+
+static int
+ngx_http_ratelimit_policy_body_number(void *ctx, const char *s, size_t len)
+{
+    return ngx_http_ratelimit_policy_body_scalar(ctx);
+}
+
+
+static int
+ngx_http_ratelimit_policy_body_string(void *ctx, const unsigned char *s,
+    size_t len)
+{
+    ngx_http_ratelimit_policy_body_t  *b = ctx;
+
+    if (b->depth == 0) {
+        b->error = "the body must be a JSON object";
+        return 0;
+    }
+
+    if (!b->want_slug) {
+        return 1;
+    }
+
+    b->want_slug = 0;
+
+    b->slug->data = ngx_pnalloc(b->pool, len + 1);
+    if (b->slug->data == NULL) {
+        b->error = "out of memory";
+        return 0;
+    }
+
+    ngx_memcpy(b->slug->data, s, len);
+    b->slug->data[len] = '\0';
+    b->slug->len = len;
+
+    return 1;
+}
+
+
+static int
+ngx_http_ratelimit_policy_body_start_map(void *ctx)
+{
+    ngx_http_ratelimit_policy_body_t  *b = ctx;
+
+    if (b->want_slug) {
+        b->error = "policy_slug must be a string";
+        return 0;
+    }
+
+    if (b->depth == 0 && b->values++) {
+        b->error = "the body must be one JSON object";
+        return 0;
+    }
+
+    if (++b->depth > NGX_HTTP_RATELIMIT_POLICY_JSON_DEPTH) {
+        b->error = "the body is nested too deeply";
+        return 0;
+    }
+
+    return 1;
+}
+
+
+static int
+ngx_http_ratelimit_policy_body_start_array(void *ctx)
+{
+    ngx_http_ratelimit_policy_body_t  *b = ctx;
+
+    if (b->depth == 0) {
+        b->error = "the body must be a JSON object";
+        return 0;
+    }
+
+    if (b->want_slug) {
+        b->error = "policy_slug must be a string";
+        return 0;
+    }
+
+    if (++b->depth > NGX_HTTP_RATELIMIT_POLICY_JSON_DEPTH) {
+        b->error = "the body is nested too deeply";
+        return 0;
+    }
+
+    return 1;
+}
+
+
+static int
+ngx_http_ratelimit_policy_body_end(void *ctx)
+{
+    ngx_http_ratelimit_policy_body_t  *b = ctx;
+
+    b->depth--;
+
+    return 1;
+}
+
+
+static int
+ngx_http_ratelimit_policy_body_map_key(void *ctx, const unsigned char *s,
+    size_t len)
+{
+    ngx_http_ratelimit_policy_body_t  *b = ctx;
+
+    ngx_uint_t  i;
+
+    if (b->depth != 1) {
+        return 1;
+    }
+
+    for (i = 0; i < b->nkeys; i++) {
+        if (b->keys[i].len == len
+            && ngx_memcmp(b->keys[i].data, s, len) == 0)
+        {
+            b->error = "the body has a duplicate key";
+            return 0;
+        }
+    }
+
+    if (b->nkeys == NGX_HTTP_RATELIMIT_POLICY_JSON_KEYS) {
+        b->error = "the body has too many keys";
+        return 0;
+    }
+
+    b->keys[b->nkeys].data = ngx_pnalloc(b->pool, len);
+    if (b->keys[b->nkeys].data == NULL) {
+        b->error = "out of memory";
+        return 0;
+    }
+
+    ngx_memcpy(b->keys[b->nkeys].data, s, len);
+    b->keys[b->nkeys].len = len;
+    b->nkeys++;
+
+    b->want_slug = (len == sizeof("policy_slug") - 1
+                    && ngx_memcmp(s, "policy_slug", len) == 0);
+
+    return 1;
+}
+
+
+ngx_int_t
+ngx_http_ratelimit_policy_json_engine(ngx_pool_t *pool, ngx_str_t *instance,
+    ngx_http_ratelimit_policy_catalog_t *cat,
+    ngx_http_ratelimit_policy_policy_t *policy, ngx_str_t *out)
+{
+    u_char                buf[NGX_INT64_LEN], *last;
+    size_t                glen;
+    yajl_gen              g;
+    ngx_int_t             rc;
+    ngx_uint_t            i;
+    const unsigned char  *gbuf;
+
+    g = yajl_gen_alloc(NULL);
+    if (g == NULL) {
+        return NGX_ERROR;
+    }
+
+    yajl_gen_config(g, yajl_gen_validate_utf8, 1);
+
+    rc = NGX_ERROR;
+
+    if (yajl_gen_map_open(g) != yajl_gen_status_ok
+        || !ngx_yajl_str(g, "instance_id")
+        || yajl_gen_string(g, instance->data, instance->len)
+           != yajl_gen_status_ok
+        || !ngx_yajl_str(g, "policy_slug")
+        || yajl_gen_string(g,
+                      ngx_http_ratelimit_policy_catalog_str(cat, policy->slug),
+                      policy->slug_len)
+           != yajl_gen_status_ok
+        || !ngx_yajl_str(g, "limits")
+        || yajl_gen_map_open(g) != yajl_gen_status_ok)
+    {
+        goto done;
+    }
+
+    for (i = 0; i < NGX_HTTP_RATELIMIT_POLICY_NLIMITS; i++) {
+        if (policy->limits[i] == NGX_HTTP_RATELIMIT_POLICY_UNLIMITED) {
+            continue;
+        }
+
+        last = ngx_sprintf(buf, "%L", policy->limits[i]);
+
+        if (yajl_gen_string(g,
+                    (u_char *) ngx_http_ratelimit_policy_limit_names[i],
+                    ngx_strlen(ngx_http_ratelimit_policy_limit_names[i]))
+            != yajl_gen_status_ok
+            || yajl_gen_number(g, (char *) buf, last - buf)
+               != yajl_gen_status_ok)
+        {
+            goto done;
+        }
+    }
+
+    if (yajl_gen_map_close(g) != yajl_gen_status_ok
+        || yajl_gen_map_close(g) != yajl_gen_status_ok
+        || yajl_gen_get_buf(g, &gbuf, &glen) != yajl_gen_status_ok)
+    {
+        goto done;
+    }
+
+    out->data = ngx_pnalloc(pool, glen);
+
+    if (out->data != NULL) {
+        ngx_memcpy(out->data, gbuf, glen);
         out->len = glen;
         rc = NGX_OK;
     }

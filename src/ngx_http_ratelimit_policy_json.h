@@ -31,5 +31,17 @@ ngx_int_t ngx_http_ratelimit_policy_json_error(ngx_pool_t *pool,
     ngx_str_t *out, const char *code, const char *message,
     ngx_str_t *current_policy);
 
+/*
+ * PATCH bodies: {"policy_slug": "..."}.  NGX_OK: *slug is set (len 0 when
+ * the key is absent); NGX_DECLINED: *error says what is wrong.
+ */
+ngx_int_t ngx_http_ratelimit_policy_json_parse_slug(ngx_pool_t *pool,
+    ngx_chain_t *in, ngx_str_t *slug, const char **error);
+
+/* {"instance_id":...,"policy_slug":...,"limits":{...}} for the engine */
+ngx_int_t ngx_http_ratelimit_policy_json_engine(ngx_pool_t *pool,
+    ngx_str_t *instance, ngx_http_ratelimit_policy_catalog_t *cat,
+    ngx_http_ratelimit_policy_policy_t *policy, ngx_str_t *out);
+
 
 #endif /* _NGX_HTTP_RATELIMIT_POLICY_JSON_H_INCLUDED_ */

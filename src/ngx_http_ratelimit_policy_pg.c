@@ -950,12 +950,22 @@ static void
 ngx_http_ratelimit_policy_pg_complete(ngx_http_ratelimit_policy_pg_query_t *q,
     ngx_uint_t rc, PGresult *res)
 {
+    char        *sqlstate;
+    ngx_uint_t   level;
+
     if (q->timer.timer_set) {
         ngx_del_timer(&q->timer);
     }
 
     if (rc == NGX_HTTP_RATELIMIT_POLICY_PG_SQL_ERROR && res != NULL) {
-        ngx_log_error(NGX_LOG_ERR, q->log, 0,
+
+        /* the refusals of ratelimit.set_instance_policy() are answers */
+
+        sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        level = (sqlstate && ngx_strncmp(sqlstate, "RLP", 3) == 0)
+                ? NGX_LOG_INFO : NGX_LOG_ERR;
+
+        ngx_log_error(level, q->log, 0,
                       "ratelimit_policy: query \"%s\" failed: %s",
                       ngx_http_ratelimit_policy_stmts[q->stmt].name,
                       PQresultErrorMessage(res));
