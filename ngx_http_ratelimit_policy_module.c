@@ -43,6 +43,8 @@ static void ngx_http_ratelimit_policy_needs_db(ngx_conf_t *cf,
     ngx_http_ratelimit_policy_main_conf_t *rpmcf);
 static ngx_int_t ngx_http_ratelimit_policy_init_process(ngx_cycle_t *cycle);
 static void ngx_http_ratelimit_policy_exit_process(ngx_cycle_t *cycle);
+static void ngx_http_ratelimit_policy_notified(void *data, u_char *payload,
+    size_t len);
 
 
 static ngx_command_t  ngx_http_ratelimit_policy_commands[] = {
@@ -631,7 +633,28 @@ ngx_http_ratelimit_policy_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    return ngx_http_ratelimit_policy_cache_init_process(cycle, rpmcf);
+    if (ngx_http_ratelimit_policy_cache_init_process(cycle, rpmcf)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* one listener per node: worker 0 (or the single process) */
+
+    if (ngx_worker == 0) {
+        return ngx_http_ratelimit_policy_pg_listen(rpmcf->pg,
+                                          ngx_http_ratelimit_policy_notified,
+                                          rpmcf->shm_zone);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_ratelimit_policy_notified(void *data, u_char *payload, size_t len)
+{
+    ngx_http_ratelimit_policy_invalidate(data, payload, len);
 }
 
 

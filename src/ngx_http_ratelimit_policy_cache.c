@@ -75,6 +75,12 @@ static void ngx_http_ratelimit_policy_again(
     ngx_http_ratelimit_policy_lookup_t *lk);
 static ngx_http_ratelimit_policy_pending_t *
     ngx_http_ratelimit_policy_pending_find(u_char *instance);
+static void ngx_http_ratelimit_policy_catalog_copy(
+    ngx_http_ratelimit_policy_sh_t *sh, ngx_log_t *log);
+static ngx_int_t ngx_http_ratelimit_policy_catalog_hold(
+    ngx_http_ratelimit_policy_lookup_t *lk,
+    ngx_http_ratelimit_policy_catalog_t *cat);
+static void ngx_http_ratelimit_policy_catalog_release(void *data);
 
 
 static ngx_http_ratelimit_policy_main_conf_t  *ngx_http_ratelimit_policy_conf;
@@ -120,9 +126,8 @@ ngx_http_ratelimit_policy_resolve(ngx_http_request_t *r,
     if (++lk->rounds > NGX_HTTP_RATELIMIT_POLICY_MAX_ROUNDS) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "ratelimit_policy: gave up waiting for a lookup");
-        lk->catalog = NULL;
         lk->db_rc = NGX_HTTP_RATELIMIT_POLICY_PG_TIMEOUT;
-        return NGX_OK;
+        return ngx_http_ratelimit_policy_catalog_hold(lk, NULL);
     }
 
     rc = ngx_http_ratelimit_policy_catalog_ensure(lk);
@@ -133,11 +138,17 @@ ngx_http_ratelimit_policy_resolve(ngx_http_request_t *r,
 
     if (rc != NGX_OK) {
         /* no catalogue at all: lk->db_rc says why */
-        lk->catalog = NULL;
-        return NGX_OK;
+        return ngx_http_ratelimit_policy_catalog_hold(lk, NULL);
     }
 
-    lk->catalog = ngx_http_ratelimit_policy_local;
+    /* the request keeps this copy until it ends, whatever replaces it */
+
+    if (ngx_http_ratelimit_policy_catalog_hold(lk,
+                                             ngx_http_ratelimit_policy_local)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     return ngx_http_ratelimit_policy_entitlement(lk);
 }
@@ -146,9 +157,8 @@ ngx_http_ratelimit_policy_resolve(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_ratelimit_policy_catalog_ensure(ngx_http_ratelimit_policy_lookup_t *lk)
 {
-    u_char                                *p;
     ngx_msec_t                             now;
-    ngx_uint_t                             start, have;
+    ngx_uint_t                             start, have, valid;
     ngx_http_ratelimit_policy_sh_t        *sh;
     ngx_http_ratelimit_policy_shctx_t     *ctx;
     ngx_http_ratelimit_policy_pg_query_t  *q;
@@ -164,6 +174,7 @@ ngx_http_ratelimit_policy_catalog_ensure(ngx_http_ratelimit_policy_lookup_t *lk)
 
     if (ngx_http_ratelimit_policy_local != NULL
         && ngx_http_ratelimit_policy_gen == sh->catalog_gen
+        && sh->catalog_version == sh->catalog_loaded_version
         && (ngx_msec_int_t) (sh->catalog_expires - now) > 0)
     {
         return NGX_OK;
@@ -173,8 +184,16 @@ ngx_http_ratelimit_policy_catalog_ensure(ngx_http_ratelimit_policy_lookup_t *lk)
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
-    if ((sh->catalog == NULL
-         || (ngx_msec_int_t) (sh->catalog_expires - now) <= 0)
+    /*
+     * an expired catalogue serves while it is reloaded; one that was
+     * changed (NOTIFY "*") is waited for, and serves only if the reload
+     * fails
+     */
+
+    valid = (sh->catalog != NULL
+             && sh->catalog_version == sh->catalog_loaded_version);
+
+    if ((!valid || (ngx_msec_int_t) (sh->catalog_expires - now) <= 0)
         && (sh->catalog_loading == 0
             || (ngx_msec_int_t) (sh->catalog_loading - now) <= 0)
         && !ngx_http_ratelimit_policy_loader.active)
@@ -184,29 +203,16 @@ ngx_http_ratelimit_policy_catalog_ensure(ngx_http_ratelimit_policy_lookup_t *lk)
         start = 1;
     }
 
-    have = (sh->catalog != NULL);
-
-    if (have && ngx_http_ratelimit_policy_gen != sh->catalog_gen) {
-        p = ngx_alloc(sh->catalog_size, lk->request->connection->log);
-
-        if (p != NULL) {
-            ngx_memcpy(p, sh->catalog, sh->catalog_size);
-
-            if (ngx_http_ratelimit_policy_local) {
-                ngx_free(ngx_http_ratelimit_policy_local);
-            }
-
-            ngx_http_ratelimit_policy_local =
-                                   (ngx_http_ratelimit_policy_catalog_t *) p;
-            ngx_http_ratelimit_policy_gen = sh->catalog_gen;
-        }
-    }
+    ngx_http_ratelimit_policy_catalog_copy(sh, lk->request->connection->log);
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 
     have = (ngx_http_ratelimit_policy_local != NULL);
 
     if (start) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, lk->request->connection->log, 0,
+                       "ratelimit_policy: loading the catalogue");
+
         q = &ngx_http_ratelimit_policy_loader.query;
 
         ngx_memzero(q, sizeof(ngx_http_ratelimit_policy_pg_query_t));
@@ -237,8 +243,7 @@ ngx_http_ratelimit_policy_catalog_ensure(ngx_http_ratelimit_policy_lookup_t *lk)
         ngx_http_ratelimit_policy_loader.active = 1;
     }
 
-    if (have) {
-        /* a stale catalogue serves while it is reloaded */
+    if (have && (valid || lk->stale_catalog)) {
         return NGX_OK;
     }
 
@@ -319,11 +324,10 @@ ngx_http_ratelimit_policy_catalog_loaded(ngx_http_ratelimit_policy_pg_query_t *q
             sh->catalog_size = cat->size;
             sh->catalog_gen++;
 
-            /* changed while we read it: good for this round only */
-            sh->catalog_expires = now
-                         + (sh->catalog_version
-                            == ngx_http_ratelimit_policy_loader.version
-                            ? rpmcf->cache_ttl : 0);
+            /* changed while we read it: it is reloaded on next use */
+            sh->catalog_loaded_version =
+                                      ngx_http_ratelimit_policy_loader.version;
+            sh->catalog_expires = now + rpmcf->cache_ttl;
         }
 
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, q->log, 0,
@@ -331,21 +335,7 @@ ngx_http_ratelimit_policy_catalog_loaded(ngx_http_ratelimit_policy_pg_query_t *q
                        "%uz bytes", cat->npolicies, cat->size);
     }
 
-    if (sh->catalog && ngx_http_ratelimit_policy_gen != sh->catalog_gen) {
-        p = ngx_alloc(sh->catalog_size, q->log);
-
-        if (p != NULL) {
-            ngx_memcpy(p, sh->catalog, sh->catalog_size);
-
-            if (ngx_http_ratelimit_policy_local) {
-                ngx_free(ngx_http_ratelimit_policy_local);
-            }
-
-            ngx_http_ratelimit_policy_local =
-                                   (ngx_http_ratelimit_policy_catalog_t *) p;
-            ngx_http_ratelimit_policy_gen = sh->catalog_gen;
-        }
-    }
+    ngx_http_ratelimit_policy_catalog_copy(sh, q->log);
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 
@@ -360,8 +350,13 @@ ngx_http_ratelimit_policy_catalog_loaded(ngx_http_ratelimit_policy_pg_query_t *q
         lk = ngx_queue_data(qq, ngx_http_ratelimit_policy_lookup_t, queue);
         lk->waiting = 0;
 
+        if (rc != NGX_HTTP_RATELIMIT_POLICY_PG_OK) {
+            /* stale if error */
+            lk->stale_catalog = 1;
+        }
+
         if (ngx_http_ratelimit_policy_local == NULL) {
-            lk->catalog = NULL;
+            (void) ngx_http_ratelimit_policy_catalog_hold(lk, NULL);
             lk->db_rc = (rc == NGX_HTTP_RATELIMIT_POLICY_PG_OK)
                         ? NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE : rc;
             lk->resume(lk->request);
@@ -901,7 +896,7 @@ ngx_http_ratelimit_policy_again(ngx_http_ratelimit_policy_lookup_t *lk)
     }
 
     if (rc == NGX_ERROR) {
-        lk->catalog = NULL;
+        (void) ngx_http_ratelimit_policy_catalog_hold(lk, NULL);
         lk->db_rc = NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE;
     }
 
@@ -1032,4 +1027,84 @@ ngx_http_ratelimit_policy_invalidate(ngx_shm_zone_t *zone, u_char *instance,
     }
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
+}
+
+
+/* with the zone locked: refresh this worker's copy of the catalogue */
+
+static void
+ngx_http_ratelimit_policy_catalog_copy(ngx_http_ratelimit_policy_sh_t *sh,
+    ngx_log_t *log)
+{
+    ngx_http_ratelimit_policy_catalog_t  *cat;
+
+    if (sh->catalog == NULL || ngx_http_ratelimit_policy_gen == sh->catalog_gen)
+    {
+        return;
+    }
+
+    cat = ngx_alloc(sh->catalog_size, log);
+    if (cat == NULL) {
+        return;
+    }
+
+    ngx_memcpy(cat, sh->catalog, sh->catalog_size);
+    cat->refs = 1;
+
+    if (ngx_http_ratelimit_policy_local) {
+        ngx_http_ratelimit_policy_catalog_release(
+                                             ngx_http_ratelimit_policy_local);
+    }
+
+    ngx_http_ratelimit_policy_local = cat;
+    ngx_http_ratelimit_policy_gen = sh->catalog_gen;
+}
+
+
+static ngx_int_t
+ngx_http_ratelimit_policy_catalog_hold(ngx_http_ratelimit_policy_lookup_t *lk,
+    ngx_http_ratelimit_policy_catalog_t *cat)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    if (lk->catalog == cat) {
+        return NGX_OK;
+    }
+
+    if (!lk->cleanup) {
+        cln = ngx_pool_cleanup_add(lk->request->pool, 0);
+        if (cln == NULL) {
+            return NGX_ERROR;
+        }
+
+        cln->handler = ngx_http_ratelimit_policy_catalog_release;
+        cln->data = NULL;
+
+        lk->cleanup = cln;
+    }
+
+    if (lk->catalog) {
+        ngx_http_ratelimit_policy_catalog_release(lk->catalog);
+    }
+
+    lk->catalog = cat;
+
+    if (cat) {
+        cat->refs++;
+    }
+
+    lk->cleanup->data = cat;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_ratelimit_policy_catalog_release(void *data)
+{
+    ngx_http_ratelimit_policy_catalog_t  *cat = data;
+
+    if (cat != NULL && --cat->refs == 0) {
+        ngx_free(cat);
+    }
 }

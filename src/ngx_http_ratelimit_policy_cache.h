@@ -36,6 +36,7 @@ typedef struct {
 
 typedef struct {
     size_t                        size;
+    ngx_uint_t                    refs;         /* worker copies only */
     ngx_uint_t                    npolicies;
     uint32_t                      free_json;
     uint32_t                      free_json_len;
@@ -75,9 +76,11 @@ typedef struct {
     ngx_http_request_t           *request;
     void                        (*resume)(ngx_http_request_t *r);
     ngx_uint_t                    rounds;
+    ngx_pool_cleanup_t           *cleanup;
     ngx_event_t                   poll;
     ngx_queue_t                   queue;
     unsigned                      waiting:1;
+    unsigned                      stale_catalog:1;
 } ngx_http_ratelimit_policy_lookup_t;
 
 

@@ -32,6 +32,11 @@
 #define NGX_HTTP_RATELIMIT_POLICY_PG_BACKOFF_MIN  50
 #define NGX_HTTP_RATELIMIT_POLICY_PG_BACKOFF_MAX  2000
 
+/* how often the listener proves that its peer is alive */
+#define NGX_HTTP_RATELIMIT_POLICY_PG_HEARTBEAT    2000
+
+#define NGX_HTTP_RATELIMIT_POLICY_PG_CHANNEL      "ratelimit_policy"
+
 
 typedef struct {
     ngx_http_ratelimit_policy_pg_t         *pg;
@@ -42,6 +47,7 @@ typedef struct {
     ngx_http_ratelimit_policy_pg_query_t   *query;
     PGresult                               *result;
     ngx_event_t                             connect_timer;
+    unsigned                                listener:1;
 } ngx_http_ratelimit_policy_pg_conn_t;
 
 
@@ -55,6 +61,15 @@ struct ngx_http_ratelimit_policy_pg_s {
     ngx_msec_t                              backoff;
     ngx_msec_t                              next_connect;
     ngx_uint_t                              failed;
+
+    /* LISTEN ratelimit_policy, in one worker */
+    ngx_http_ratelimit_policy_pg_conn_t     listener;
+    ngx_event_t                             listen_timer;
+    ngx_msec_t                              listen_backoff;
+    ngx_http_ratelimit_policy_pg_notify_pt  notify;
+    void                                   *notify_data;
+    ngx_uint_t                              listening;
+    ngx_uint_t                              notifications;
 };
 
 
@@ -104,6 +119,15 @@ static ngx_uint_t ngx_http_ratelimit_policy_pg_count(
     ngx_http_ratelimit_policy_pg_t *pg, ngx_uint_t state);
 static void ngx_http_ratelimit_policy_pg_notice(void *arg,
     const char *message);
+static void ngx_http_ratelimit_policy_pg_notifies(
+    ngx_http_ratelimit_policy_pg_conn_t *pc);
+static void ngx_http_ratelimit_policy_listen_start(
+    ngx_http_ratelimit_policy_pg_conn_t *pc);
+static void ngx_http_ratelimit_policy_listen_done(
+    ngx_http_ratelimit_policy_pg_conn_t *pc, PGresult *res);
+static void ngx_http_ratelimit_policy_listen_failed(
+    ngx_http_ratelimit_policy_pg_conn_t *pc);
+static void ngx_http_ratelimit_policy_listen_timer(ngx_event_t *ev);
 static ngx_int_t ngx_http_ratelimit_policy_pg_add_param(ngx_conf_t *cf,
     ngx_http_ratelimit_policy_main_conf_t *rpmcf, const char *key,
     const char *value);
@@ -201,6 +225,14 @@ ngx_http_ratelimit_policy_pg_exit_process(ngx_cycle_t *cycle,
         if (pg->conns[i].state != NGX_HTTP_RATELIMIT_POLICY_PG_FREE) {
             ngx_http_ratelimit_policy_pg_close(&pg->conns[i]);
         }
+    }
+
+    if (pg->listen_timer.timer_set) {
+        ngx_del_timer(&pg->listen_timer);
+    }
+
+    if (pg->listener.state != NGX_HTTP_RATELIMIT_POLICY_PG_FREE) {
+        ngx_http_ratelimit_policy_pg_close(&pg->listener);
     }
 }
 
@@ -515,7 +547,10 @@ ngx_http_ratelimit_policy_pg_event_handler(ngx_event_t *ev)
             || PQstatus(pc->conn) == CONNECTION_BAD)
         {
             ngx_http_ratelimit_policy_pg_broken(pc, "idle connection");
+            return;
         }
+
+        ngx_http_ratelimit_policy_pg_notifies(pc);
 
         return;
 
@@ -598,6 +633,11 @@ ngx_http_ratelimit_policy_pg_connect_poll(
 
     if (ngx_http_ratelimit_policy_pg_watch(pc, 1, 0) != NGX_OK) {
         ngx_http_ratelimit_policy_pg_connect_failed(pc);
+        return;
+    }
+
+    if (pc->listener) {
+        ngx_http_ratelimit_policy_listen_start(pc);
         return;
     }
 
@@ -692,6 +732,11 @@ ngx_http_ratelimit_policy_pg_connect_failed(
 {
     ngx_http_ratelimit_policy_pg_t  *pg;
 
+    if (pc->listener) {
+        ngx_http_ratelimit_policy_listen_failed(pc);
+        return;
+    }
+
     pg = pc->pg;
 
     ngx_http_ratelimit_policy_pg_close(pc);
@@ -748,6 +793,8 @@ ngx_http_ratelimit_policy_pg_read(ngx_http_ratelimit_policy_pg_conn_t *pc)
         return;
     }
 
+    ngx_http_ratelimit_policy_pg_notifies(pc);
+
     for ( ;; ) {
 
         if (PQisBusy(pc->conn)) {
@@ -774,6 +821,11 @@ ngx_http_ratelimit_policy_pg_read(ngx_http_ratelimit_policy_pg_conn_t *pc)
 
     if (pc->state == NGX_HTTP_RATELIMIT_POLICY_PG_PREPARING) {
         ngx_http_ratelimit_policy_pg_prepared(pc, res);
+        return;
+    }
+
+    if (pc->listener) {
+        ngx_http_ratelimit_policy_listen_done(pc, res);
         return;
     }
 
@@ -881,9 +933,12 @@ ngx_http_ratelimit_policy_pg_broken(ngx_http_ratelimit_policy_pg_conn_t *pc,
 
     pg = pc->pg;
 
-    if (pc->state == NGX_HTTP_RATELIMIT_POLICY_PG_PREPARING) {
+    if (pc->state == NGX_HTTP_RATELIMIT_POLICY_PG_PREPARING
+        || pc->listener)
+    {
         ngx_log_error(NGX_LOG_ERR, pg->log, 0,
-                      "ratelimit_policy: database connection lost (%s): %s",
+                      "ratelimit_policy: database connection%s lost "
+                      "(%s): %s", pc->listener ? " of the listener" : "",
                       what, PQerrorMessage(pc->conn));
         ngx_http_ratelimit_policy_pg_connect_failed(pc);
         return;
@@ -1390,4 +1445,231 @@ ngx_http_ratelimit_policy_pg_add_param(ngx_conf_t *cf,
     *val = (const char *) v;
 
     return NGX_OK;
+}
+
+
+static void
+ngx_http_ratelimit_policy_pg_notifies(ngx_http_ratelimit_policy_pg_conn_t *pc)
+{
+    size_t                           len;
+    PGnotify                        *n;
+    ngx_http_ratelimit_policy_pg_t  *pg;
+
+    pg = pc->pg;
+
+    while ((n = PQnotifies(pc->conn)) != NULL) {
+
+        if (pc->listener && pg->notify) {
+            len = ngx_strlen(n->extra);
+
+            ngx_log_debug2(NGX_LOG_DEBUG_HTTP, pg->log, 0,
+                           "ratelimit_policy: notification \"%*s\"",
+                           len, n->extra);
+
+            pg->notifications++;
+            pg->notify(pg->notify_data, (u_char *) n->extra, len);
+        }
+
+        PQfreemem(n);
+    }
+}
+
+
+/*
+ * The listener: one connection per nginx node, in worker 0.  It runs
+ * LISTEN, then asks for a resync (what changed while it was not listening
+ * is unknown), answers notifications as they come, and sends "SELECT 1"
+ * every two seconds so that a dead peer is noticed within the query
+ * timeout.  It reconnects by itself with a growing backoff.
+ */
+
+ngx_int_t
+ngx_http_ratelimit_policy_pg_listen(ngx_http_ratelimit_policy_pg_t *pg,
+    ngx_http_ratelimit_policy_pg_notify_pt notify, void *data)
+{
+    ngx_http_ratelimit_policy_pg_conn_t  *pc;
+
+    pg->notify = notify;
+    pg->notify_data = data;
+
+    pc = &pg->listener;
+    pc->pg = pg;
+    pc->listener = 1;
+    pc->connect_timer.handler = ngx_http_ratelimit_policy_pg_connect_timeout;
+    pc->connect_timer.data = pc;
+    pc->connect_timer.log = pg->log;
+    pc->connect_timer.cancelable = 1;
+
+    pg->listen_timer.handler = ngx_http_ratelimit_policy_listen_timer;
+    pg->listen_timer.data = pg;
+    pg->listen_timer.log = pg->log;
+    pg->listen_timer.cancelable = 1;
+
+    ngx_add_timer(&pg->listen_timer, 1);
+
+    return NGX_OK;
+}
+
+
+ngx_uint_t
+ngx_http_ratelimit_policy_pg_listening(ngx_http_ratelimit_policy_pg_t *pg)
+{
+    return pg ? pg->listening : 0;
+}
+
+
+static void
+ngx_http_ratelimit_policy_listen_start(ngx_http_ratelimit_policy_pg_conn_t *pc)
+{
+    ngx_http_ratelimit_policy_pg_t  *pg;
+
+    pg = pc->pg;
+
+    if (pc->connect_timer.timer_set) {
+        ngx_del_timer(&pc->connect_timer);
+    }
+
+    pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_BUSY;
+
+    if (!PQsendQuery(pc->conn, "LISTEN " NGX_HTTP_RATELIMIT_POLICY_PG_CHANNEL))
+    {
+        ngx_http_ratelimit_policy_pg_broken(pc, "LISTEN");
+        return;
+    }
+
+    ngx_http_ratelimit_policy_pg_flush(pc);
+
+    if (pc->state != NGX_HTTP_RATELIMIT_POLICY_PG_FREE) {
+        ngx_add_timer(&pg->listen_timer, pg->rpmcf->query_timeout);
+    }
+}
+
+
+static void
+ngx_http_ratelimit_policy_listen_done(ngx_http_ratelimit_policy_pg_conn_t *pc,
+    PGresult *res)
+{
+    ngx_uint_t                       ok;
+    ngx_http_ratelimit_policy_pg_t  *pg;
+
+    pg = pc->pg;
+
+    ok = (res != NULL && (PQresultStatus(res) == PGRES_COMMAND_OK
+                          || PQresultStatus(res) == PGRES_TUPLES_OK));
+
+    if (!ok) {
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "ratelimit_policy: the listener's query failed: %s",
+                      res ? PQresultErrorMessage(res)
+                          : PQerrorMessage(pc->conn));
+    }
+
+    if (res) {
+        PQclear(res);
+    }
+
+    if (!ok) {
+        ngx_http_ratelimit_policy_listen_failed(pc);
+        return;
+    }
+
+    pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_IDLE;
+
+    if (!pg->listening) {
+        pg->listening = 1;
+        pg->listen_backoff = 0;
+
+        ngx_log_error(NGX_LOG_NOTICE, pg->log, 0,
+                      "ratelimit_policy: listening on \""
+                      NGX_HTTP_RATELIMIT_POLICY_PG_CHANNEL "\"");
+
+        /* notifications may have been missed: everything is suspect */
+        pg->notify(pg->notify_data, (u_char *) "*", 1);
+    }
+
+    ngx_add_timer(&pg->listen_timer, NGX_HTTP_RATELIMIT_POLICY_PG_HEARTBEAT);
+}
+
+
+static void
+ngx_http_ratelimit_policy_listen_failed(ngx_http_ratelimit_policy_pg_conn_t *pc)
+{
+    ngx_http_ratelimit_policy_pg_t  *pg;
+
+    pg = pc->pg;
+
+    ngx_http_ratelimit_policy_pg_close(pc);
+
+    if (pg->listening) {
+        ngx_log_error(NGX_LOG_WARN, pg->log, 0,
+                      "ratelimit_policy: stopped listening, reconnecting");
+    }
+
+    pg->listening = 0;
+
+    if (pg->listen_backoff == 0) {
+        pg->listen_backoff = NGX_HTTP_RATELIMIT_POLICY_PG_BACKOFF_MIN;
+
+    } else {
+        pg->listen_backoff = ngx_min(pg->listen_backoff * 2,
+                                     NGX_HTTP_RATELIMIT_POLICY_PG_BACKOFF_MAX);
+    }
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    ngx_add_timer(&pg->listen_timer, pg->listen_backoff);
+}
+
+
+static void
+ngx_http_ratelimit_policy_listen_timer(ngx_event_t *ev)
+{
+    ngx_http_ratelimit_policy_pg_t       *pg;
+    ngx_http_ratelimit_policy_pg_conn_t  *pc;
+
+    pg = ev->data;
+    pc = &pg->listener;
+
+    if (ngx_exiting || ngx_terminate || ngx_quit) {
+        return;
+    }
+
+    switch (pc->state) {
+
+    case NGX_HTTP_RATELIMIT_POLICY_PG_FREE:
+        if (ngx_http_ratelimit_policy_pg_connect(pc) != NGX_OK) {
+            /* listen_failed() set the next attempt */
+            return;
+        }
+
+        return;
+
+    case NGX_HTTP_RATELIMIT_POLICY_PG_IDLE:
+
+        /* heartbeat */
+
+        pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_BUSY;
+
+        if (!PQsendQuery(pc->conn, "SELECT 1")) {
+            ngx_http_ratelimit_policy_pg_broken(pc, "heartbeat");
+            return;
+        }
+
+        ngx_http_ratelimit_policy_pg_flush(pc);
+
+        if (pc->state != NGX_HTTP_RATELIMIT_POLICY_PG_FREE) {
+            ngx_add_timer(&pg->listen_timer, pg->rpmcf->query_timeout);
+        }
+
+        return;
+
+    default:
+        ngx_log_error(NGX_LOG_ERR, pg->log, NGX_ETIMEDOUT,
+                      "ratelimit_policy: the listener's database did not "
+                      "answer in time");
+        ngx_http_ratelimit_policy_listen_failed(pc);
+        return;
+    }
 }

@@ -36,6 +36,9 @@ typedef struct ngx_http_ratelimit_policy_pg_query_s
 typedef void (*ngx_http_ratelimit_policy_pg_handler_pt)(
     ngx_http_ratelimit_policy_pg_query_t *q);
 
+typedef void (*ngx_http_ratelimit_policy_pg_notify_pt)(void *data,
+    u_char *payload, size_t len);
+
 
 struct ngx_http_ratelimit_policy_pg_query_s {
     ngx_uint_t                                stmt;
@@ -82,6 +85,13 @@ ngx_uint_t ngx_http_ratelimit_policy_pg_available(
 
 /* seconds a client should wait before retrying */
 time_t ngx_http_ratelimit_policy_pg_retry_after(
+    ngx_http_ratelimit_policy_pg_t *pg);
+
+/* LISTEN in this worker; "*" is notified after every (re)connection */
+ngx_int_t ngx_http_ratelimit_policy_pg_listen(
+    ngx_http_ratelimit_policy_pg_t *pg,
+    ngx_http_ratelimit_policy_pg_notify_pt notify, void *data);
+ngx_uint_t ngx_http_ratelimit_policy_pg_listening(
     ngx_http_ratelimit_policy_pg_t *pg);
 
 char *ngx_http_ratelimit_policy_pg_conninfo(ngx_conf_t *cf,

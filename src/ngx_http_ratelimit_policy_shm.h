@@ -80,6 +80,7 @@ typedef struct {
     ngx_msec_t                    catalog_expires;
     ngx_msec_t                    catalog_loading;
     ngx_uint_t                    catalog_version;
+    ngx_uint_t                    catalog_loaded_version;
 
     ngx_http_ratelimit_policy_stats_t  stats;
 } ngx_http_ratelimit_policy_sh_t;
