@@ -371,7 +371,7 @@ ngx_http_ratelimit_policy_catalog_loaded(ngx_http_ratelimit_policy_pg_query_t *q
 static ngx_int_t
 ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
 {
-    ngx_uint_t                              rc;
+    ngx_uint_t                              rc, stale;
     ngx_msec_t                              now;
     ngx_http_ratelimit_policy_sh_t         *sh;
     ngx_http_ratelimit_policy_node_t       *node, *tn;
@@ -415,10 +415,45 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
         }
     }
 
+    /*
+     * the database is failing right now: what is cached answers at once,
+     * and a load in the background tries the database again
+     */
+
+    stale = 0;
+
+    if (node != NULL
+        && node->state != NGX_HTTP_RATELIMIT_POLICY_STATE_NONE
+        && !ngx_http_ratelimit_policy_pg_available(rpmcf->pg))
+    {
+        ngx_http_ratelimit_policy_copy_node(lk, node);
+
+        if (node->state == NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND) {
+            stale = 1;
+
+        } else {
+            tn = ngx_http_ratelimit_policy_shm_lookup(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_TOKEN,
+                                       lk->digest,
+                                       NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
+            if (tn != NULL) {
+                lk->token_known = tn->token_known;
+                stale = 1;
+            }
+        }
+    }
+
     if (node != NULL
         && node->loading
         && (ngx_msec_int_t) (node->loading - now) > 0)
     {
+        if (stale) {
+            ngx_shmtx_unlock(&ctx->shpool->mutex);
+            lk->stale = 1;
+            ngx_http_ratelimit_policy_stat(ctx, cache_stale);
+            return NGX_OK;
+        }
+
         if (node->loader == ngx_pid) {
             pd = ngx_http_ratelimit_policy_pending_find(lk->instance);
 
@@ -476,8 +511,11 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
     ngx_memcpy(pd->digest, lk->digest, NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
 
     ngx_queue_init(&pd->waiters);
-    ngx_queue_insert_tail(&pd->waiters, &lk->queue);
-    lk->waiting = 1;
+
+    if (!stale) {
+        ngx_queue_insert_tail(&pd->waiters, &lk->queue);
+        lk->waiting = 1;
+    }
 
     pd->node.key = ngx_crc32_short(pd->instance,
                                    NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
@@ -499,13 +537,22 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
     ngx_http_ratelimit_policy_stat(ctx, db_queries);
 
     if (ngx_http_ratelimit_policy_pg_send(rpmcf->pg, q) == NGX_OK) {
+
+        if (stale) {
+            lk->stale = 1;
+            ngx_http_ratelimit_policy_stat(ctx, cache_stale);
+            return NGX_OK;
+        }
+
         return NGX_AGAIN;
     }
 
     /* not sent: answer this request now, from what is cached if anything */
 
-    ngx_queue_remove(&lk->queue);
-    lk->waiting = 0;
+    if (!stale) {
+        ngx_queue_remove(&lk->queue);
+        lk->waiting = 0;
+    }
 
     rc = q->rc;
     q->result = NULL;
