@@ -654,7 +654,43 @@ ngx_http_ratelimit_policy_init_process(ngx_cycle_t *cycle)
 static void
 ngx_http_ratelimit_policy_notified(void *data, u_char *payload, size_t len)
 {
-    ngx_http_ratelimit_policy_invalidate(data, payload, len);
+    ngx_pid_t                           prev;
+    ngx_shm_zone_t                     *zone;
+    ngx_http_ratelimit_policy_shctx_t  *ctx;
+
+    zone = data;
+
+    if (payload != NULL) {
+        ngx_http_ratelimit_policy_invalidate(zone, payload, len);
+        return;
+    }
+
+    /*
+     * The listener started listening.  Notifications were missed if it
+     * listened before, or if the previous listener of this zone died (a
+     * crashed worker 0); not when it is the old worker 0 of a reload,
+     * which still listens, or when the zone is new.
+     */
+
+    ctx = zone->data;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+    prev = ctx->sh->listener;
+    ctx->sh->listener = ngx_pid;
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    if (len == 0
+        && (prev == 0 || prev == ngx_pid
+            || kill(prev, 0) == 0 || ngx_errno != NGX_ESRCH))
+    {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, ngx_cycle->log, 0,
+                  "ratelimit_policy: notifications may have been missed, "
+                  "every cached entry is reloaded on its next use");
+
+    ngx_http_ratelimit_policy_invalidate(zone, (u_char *) "*", 1);
 }
 
 

@@ -69,6 +69,7 @@ struct ngx_http_ratelimit_policy_pg_s {
     ngx_http_ratelimit_policy_pg_notify_pt  notify;
     void                                   *notify_data;
     ngx_uint_t                              listening;
+    ngx_uint_t                              listened;
     ngx_uint_t                              notifications;
 };
 
@@ -1583,8 +1584,9 @@ ngx_http_ratelimit_policy_listen_done(ngx_http_ratelimit_policy_pg_conn_t *pc,
                       "ratelimit_policy: listening on \""
                       NGX_HTTP_RATELIMIT_POLICY_PG_CHANNEL "\"");
 
-        /* notifications may have been missed: everything is suspect */
-        pg->notify(pg->notify_data, (u_char *) "*", 1);
+        /* the caller decides whether notifications may have been missed */
+        pg->notify(pg->notify_data, NULL, pg->listened);
+        pg->listened = 1;
     }
 
     ngx_add_timer(&pg->listen_timer, NGX_HTTP_RATELIMIT_POLICY_PG_HEARTBEAT);

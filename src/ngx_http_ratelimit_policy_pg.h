@@ -87,7 +87,11 @@ ngx_uint_t ngx_http_ratelimit_policy_pg_available(
 time_t ngx_http_ratelimit_policy_pg_retry_after(
     ngx_http_ratelimit_policy_pg_t *pg);
 
-/* LISTEN in this worker; "*" is notified after every (re)connection */
+/*
+ * LISTEN in this worker: notify(data, payload, len) for each notification,
+ * and notify(data, NULL, again) each time the listener starts listening,
+ * again = 0 the first time in this process
+ */
 ngx_int_t ngx_http_ratelimit_policy_pg_listen(
     ngx_http_ratelimit_policy_pg_t *pg,
     ngx_http_ratelimit_policy_pg_notify_pt notify, void *data);

@@ -72,6 +72,7 @@ typedef struct {
 
     /* entries of an older epoch are stale: bumped after a resync */
     ngx_uint_t                    epoch;
+    ngx_pid_t                     listener;
 
     /* the policy catalogue, see ngx_http_ratelimit_policy_cache.h */
     u_char                       *catalog;
