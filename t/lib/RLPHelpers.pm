@@ -58,11 +58,16 @@ the file).
                             entitlement view sleep $secs for it only
     restore_schema()        re-applies sql/schema.sql (the shipped view)
                             and forgets the slow instances
-    pg_is_up(), pg_ensure_up()
+    pg_is_up()              psql answers (bounded to 5 s)
+    pg_ensure_up()          continues a frozen server, starts a stopped one
     free_port()             a TCP port nothing listens on (closed again)
 
 The slow view is built on a helper function in schema C<rlp_test>, which
-belongs to the tests only.
+belongs to the tests only; a file that installed it gets sql/schema.sql
+re-applied when it ends.  pg_stat_statements counts utility statements
+too, and slow_instance() / restore_schema() mention instance_entitlements:
+call pg_stat_reset() after them before counting lookups.  pg_ensure_up()
+uses RLP::_postmaster_pid().
 
 =cut
 
