@@ -13,9 +13,13 @@
 #include "ngx_http_ratelimit_policy_common.h"
 #include "ngx_http_ratelimit_policy_api.h"
 #include "ngx_http_ratelimit_policy_cache.h"
+#include "ngx_http_ratelimit_policy_enforce.h"
+#include "ngx_http_ratelimit_policy_metrics.h"
 #include "ngx_http_ratelimit_policy_pg.h"
 #include "ngx_http_ratelimit_policy_shm.h"
+#include "ngx_http_ratelimit_policy_usage.h"
 #include "ngx_http_ratelimit_policy_variables.h"
+#include "ngx_http_ratelimit_policy_window.h"
 
 
 #define NGX_HTTP_RATELIMIT_POLICY_DEFAULT_SLUG  "standard_policy"
@@ -39,12 +43,38 @@ static char *ngx_http_ratelimit_policy_default(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_ratelimit_policy_api(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_ratelimit_policy_metrics(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_ratelimit_policy_enforce(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static void ngx_http_ratelimit_policy_needs_db(ngx_conf_t *cf,
     ngx_http_ratelimit_policy_main_conf_t *rpmcf);
 static ngx_int_t ngx_http_ratelimit_policy_init_process(ngx_cycle_t *cycle);
 static void ngx_http_ratelimit_policy_exit_process(ngx_cycle_t *cycle);
 static void ngx_http_ratelimit_policy_notified(void *data, u_char *payload,
     size_t len);
+
+
+static ngx_conf_enum_t  ngx_http_ratelimit_policy_classes[] = {
+    { ngx_string("send_message"), NGX_HTTP_RATELIMIT_POLICY_SEND_MESSAGE + 1 },
+    { ngx_string("group"), NGX_HTTP_RATELIMIT_POLICY_GROUP + 1 },
+    { ngx_string("check"), NGX_HTTP_RATELIMIT_POLICY_CHECK + 1 },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_enum_t  ngx_http_ratelimit_policy_log_levels[] = {
+    { ngx_string("info"), NGX_LOG_INFO },
+    { ngx_string("notice"), NGX_LOG_NOTICE },
+    { ngx_string("warn"), NGX_LOG_WARN },
+    { ngx_string("error"), NGX_LOG_ERR },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_conf_num_bounds_t  ngx_http_ratelimit_policy_status_bounds = {
+    ngx_conf_check_num_bounds, 400, 599
+};
 
 
 static ngx_command_t  ngx_http_ratelimit_policy_commands[] = {
@@ -105,6 +135,48 @@ static ngx_command_t  ngx_http_ratelimit_policy_commands[] = {
       0,
       NULL },
 
+    { ngx_string("ratelimit_policy_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_ratelimit_policy_metrics,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("ratelimit_policy_enforce"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_ratelimit_policy_enforce,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_policy_loc_conf_t, enforce),
+      &ngx_http_ratelimit_policy_classes },
+
+    { ngx_string("ratelimit_policy_dry_run"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_policy_loc_conf_t, dry_run),
+      NULL },
+
+    { ngx_string("ratelimit_policy_status"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_policy_loc_conf_t, status),
+      &ngx_http_ratelimit_policy_status_bounds },
+
+    { ngx_string("ratelimit_policy_headers"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_policy_loc_conf_t, headers),
+      NULL },
+
+    { ngx_string("ratelimit_policy_log_level"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_ratelimit_policy_loc_conf_t, log_level),
+      &ngx_http_ratelimit_policy_log_levels },
+
       ngx_null_command
 };
 
@@ -151,6 +223,10 @@ static ngx_int_t
 ngx_http_ratelimit_policy_postconfiguration(ngx_conf_t *cf)
 {
     ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
+
+    if (ngx_http_ratelimit_policy_enforce_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     rpmcf = ngx_http_conf_get_module_main_conf(cf,
                                              ngx_http_ratelimit_policy_module);
@@ -253,6 +329,11 @@ ngx_http_ratelimit_policy_create_loc_conf(ngx_conf_t *cf)
      */
 
     rpcf->api = NGX_CONF_UNSET;
+    rpcf->enforce = NGX_CONF_UNSET_UINT;
+    rpcf->dry_run = NGX_CONF_UNSET;
+    rpcf->status = NGX_CONF_UNSET;
+    rpcf->headers = NGX_CONF_UNSET;
+    rpcf->log_level = NGX_CONF_UNSET_UINT;
 
     return rpcf;
 }
@@ -274,6 +355,12 @@ ngx_http_ratelimit_policy_merge_loc_conf(ngx_conf_t *cf, void *parent,
     }
 
     ngx_conf_merge_value(conf->api, prev->api, 0);
+    ngx_conf_merge_uint_value(conf->enforce, prev->enforce, 0);
+    ngx_conf_merge_value(conf->dry_run, prev->dry_run, 0);
+    ngx_conf_merge_value(conf->status, prev->status,
+                         NGX_HTTP_TOO_MANY_REQUESTS);
+    ngx_conf_merge_value(conf->headers, prev->headers, 1);
+    ngx_conf_merge_uint_value(conf->log_level, prev->log_level, NGX_LOG_ERR);
     ngx_conf_merge_str_value(conf->engine_sync, prev->engine_sync, "");
 
     if (conf->engine_sync.len && conf->engine_sync.data[0] != '/') {
@@ -591,6 +678,69 @@ ngx_http_ratelimit_policy_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+static char *
+ngx_http_ratelimit_policy_metrics(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler == ngx_http_ratelimit_policy_metrics_handler) {
+        return "is duplicate";
+    }
+
+    clcf->handler = ngx_http_ratelimit_policy_metrics_handler;
+
+    ngx_http_ratelimit_policy_needs_db(cf,
+        ngx_http_conf_get_module_main_conf(cf,
+                                           ngx_http_ratelimit_policy_module));
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_ratelimit_policy_enforce(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    char             *rv;
+    ngx_str_t        *value;
+    ngx_conf_enum_t  *e;
+
+    value = cf->args->elts;
+
+    for (e = cmd->post; e->name.len; e++) {
+        if (e->name.len == value[1].len
+            && ngx_strcmp(e->name.data, value[1].data) == 0)
+        {
+            break;
+        }
+    }
+
+    if (e->name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"%V\" directive, "
+                           "it must be \"send_message\", \"group\" or "
+                           "\"check\"", &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    /* "is duplicate" */
+
+    rv = ngx_conf_set_enum_slot(cf, cmd, conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    ngx_http_ratelimit_policy_needs_db(cf,
+        ngx_http_conf_get_module_main_conf(cf,
+                                           ngx_http_ratelimit_policy_module));
+
+    return NGX_CONF_OK;
+}
+
+
 static void
 ngx_http_ratelimit_policy_needs_db(ngx_conf_t *cf,
     ngx_http_ratelimit_policy_main_conf_t *rpmcf)
@@ -629,11 +779,23 @@ ngx_http_ratelimit_policy_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    if (ngx_http_ratelimit_policy_metrics_init_process(cycle, rpmcf)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     if (ngx_http_ratelimit_policy_pg_init_process(cycle, rpmcf) != NGX_OK) {
         return NGX_ERROR;
     }
 
     if (ngx_http_ratelimit_policy_cache_init_process(cycle, rpmcf)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_ratelimit_policy_usage_init_process(cycle, rpmcf)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -705,4 +867,6 @@ ngx_http_ratelimit_policy_exit_process(ngx_cycle_t *cycle)
     if (rpmcf != NULL) {
         ngx_http_ratelimit_policy_pg_exit_process(cycle, rpmcf);
     }
+
+    ngx_http_ratelimit_policy_metrics_exit_process(cycle);
 }

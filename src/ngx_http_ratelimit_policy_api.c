@@ -12,7 +12,9 @@
 #include <ngx_http.h>
 #include "ngx_http_ratelimit_policy_api.h"
 #include "ngx_http_ratelimit_policy_json.h"
+#include "ngx_http_ratelimit_policy_metrics.h"
 #include "ngx_http_ratelimit_policy_sha256.h"
+#include "ngx_http_ratelimit_policy_variables.h"
 
 
 static void ngx_http_ratelimit_policy_api_resume(ngx_http_request_t *r);
@@ -29,6 +31,8 @@ static void ngx_http_ratelimit_policy_patch_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_ratelimit_policy_patch_slug(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_ctx_t *ctx, ngx_uint_t *status,
     const char **code, const char **message);
+static ngx_chain_t *ngx_http_ratelimit_policy_body_in_memory(
+    ngx_http_request_t *r, ngx_chain_t *in, off_t size);
 static ngx_int_t ngx_http_ratelimit_policy_form_slug(ngx_http_request_t *r,
     ngx_chain_t *in, ngx_str_t *slug, const char **message);
 static void ngx_http_ratelimit_policy_patch_resume(ngx_http_request_t *r);
@@ -177,6 +181,18 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_loc_conf_t  *rpcf;
 
     rpcf = ngx_http_get_module_loc_conf(r, ngx_http_ratelimit_policy_module);
+
+    /*
+     * from now on $request, and the "request:" that nginx adds to every
+     * error log line of this request, show no token
+     */
+
+    if (ngx_http_ratelimit_policy_mask_request(r->main,
+                                               &r->main->request_line)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     if (rpcf->instance) {
         if (ngx_http_complex_value(r, rpcf->instance, &instance) != NGX_OK) {
@@ -585,6 +601,8 @@ ngx_http_ratelimit_policy_send_json(ngx_http_request_t *r, ngx_uint_t status,
 {
     ngx_int_t  rc;
 
+    ngx_http_ratelimit_policy_metrics_api(r, status);
+
     r->headers_out.status = status;
     r->headers_out.content_length_n = len;
 
@@ -739,23 +757,24 @@ ngx_http_ratelimit_policy_patch_slug(ngx_http_request_t *r,
     off_t         size;
     ngx_str_t     arg, body_slug, *type;
     ngx_int_t     rc;
-    ngx_chain_t  *cl;
+    ngx_uint_t    in_file;
+    ngx_chain_t  *cl, *body;
 
     body_slug.len = 0;
     body_slug.data = NULL;
 
     size = 0;
+    in_file = 0;
+    body = NULL;
 
     if (r->request_body) {
-        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        body = r->request_body->bufs;
+
+        for (cl = body; cl; cl = cl->next) {
             size += ngx_buf_size(cl->buf);
 
-            if (!ngx_buf_in_memory(cl->buf)) {
-                /* client_body_buffer_size is below 16k: refuse clearly */
-                *status = NGX_HTTP_REQUEST_ENTITY_TOO_LARGE;
-                *code = "body_too_large";
-                *message = "the body did not fit in client_body_buffer_size";
-                return NGX_DECLINED;
+            if (!ngx_buf_in_memory(cl->buf) && cl->buf->in_file) {
+                in_file = 1;
             }
         }
     }
@@ -765,6 +784,15 @@ ngx_http_ratelimit_policy_patch_slug(ngx_http_request_t *r,
         *code = "body_too_large";
         *message = "the body is larger than 16 KiB";
         return NGX_DECLINED;
+    }
+
+    if (in_file) {
+        /* past client_body_buffer_size: at most 16 KiB to read back */
+
+        body = ngx_http_ratelimit_policy_body_in_memory(r, body, size);
+        if (body == NULL) {
+            return NGX_ERROR;
+        }
     }
 
     if (size > 0) {
@@ -779,8 +807,7 @@ ngx_http_ratelimit_policy_patch_slug(ngx_http_request_t *r,
                 || type->data[sizeof("application/json") - 1] == ';'
                 || type->data[sizeof("application/json") - 1] == ' '))
         {
-            rc = ngx_http_ratelimit_policy_json_parse_slug(r->pool,
-                                                   r->request_body->bufs,
+            rc = ngx_http_ratelimit_policy_json_parse_slug(r->pool, body,
                                                    &body_slug, message);
 
         } else if (type != NULL
@@ -791,9 +818,8 @@ ngx_http_ratelimit_policy_patch_slug(ngx_http_request_t *r,
                               sizeof("application/x-www-form-urlencoded") - 1)
                       == 0)
         {
-            rc = ngx_http_ratelimit_policy_form_slug(r,
-                                                     r->request_body->bufs,
-                                                     &body_slug, message);
+            rc = ngx_http_ratelimit_policy_form_slug(r, body, &body_slug,
+                                                     message);
 
         } else {
             *status = NGX_HTTP_UNSUPPORTED_MEDIA_TYPE;
@@ -844,6 +870,58 @@ ngx_http_ratelimit_policy_patch_slug(ngx_http_request_t *r,
     }
 
     return NGX_OK;
+}
+
+
+static ngx_chain_t *
+ngx_http_ratelimit_policy_body_in_memory(ngx_http_request_t *r,
+    ngx_chain_t *in, off_t size)
+{
+    size_t        len;
+    ssize_t       n;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl, *out;
+
+    b = ngx_create_temp_buf(r->pool, (size_t) size + 1);
+    if (b == NULL) {
+        return NULL;
+    }
+
+    for (cl = in; cl; cl = cl->next) {
+
+        if (ngx_buf_in_memory(cl->buf)) {
+            b->last = ngx_cpymem(b->last, cl->buf->pos,
+                                 cl->buf->last - cl->buf->pos);
+            continue;
+        }
+
+        if (!cl->buf->in_file) {
+            continue;
+        }
+
+        len = (size_t) (cl->buf->file_last - cl->buf->file_pos);
+
+        n = ngx_read_file(cl->buf->file, b->last, len, cl->buf->file_pos);
+
+        if (n != (ssize_t) len) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "ratelimit_policy: could not read the request "
+                          "body back from \"%V\"", &cl->buf->file->name);
+            return NULL;
+        }
+
+        b->last += n;
+    }
+
+    out = ngx_alloc_chain_link(r->pool);
+    if (out == NULL) {
+        return NULL;
+    }
+
+    out->buf = b;
+    out->next = NULL;
+
+    return out;
 }
 
 

@@ -20,6 +20,7 @@
 #include <ngx_http.h>
 #include "ngx_http_ratelimit_policy_cache.h"
 #include "ngx_http_ratelimit_policy_json.h"
+#include "ngx_http_ratelimit_policy_usage.h"
 
 
 #define NGX_HTTP_RATELIMIT_POLICY_POLL       5
@@ -220,15 +221,11 @@ ngx_http_ratelimit_policy_catalog_ensure(ngx_http_ratelimit_policy_lookup_t *lk)
         q->handler = ngx_http_ratelimit_policy_catalog_loaded;
         q->log = ngx_cycle->log;
 
-        ngx_http_ratelimit_policy_stat(ctx, db_queries);
-
         if (ngx_http_ratelimit_policy_pg_send(rpmcf->pg, q) != NGX_OK) {
 
             ngx_shmtx_lock(&ctx->shpool->mutex);
             sh->catalog_loading = 0;
             ngx_shmtx_unlock(&ctx->shpool->mutex);
-
-            ngx_http_ratelimit_policy_stat(ctx, db_errors);
 
             if (!have) {
                 lk->db_rc = q->rc;
@@ -268,7 +265,7 @@ ngx_http_ratelimit_policy_catalog_loaded(ngx_http_ratelimit_policy_pg_query_t *q
     u_char                                *p;
     ngx_msec_t                             now;
     ngx_uint_t                             rc;
-    ngx_queue_t                           *qq;
+    ngx_queue_t                           *qq, waiters;
     ngx_http_ratelimit_policy_sh_t        *sh;
     ngx_http_ratelimit_policy_lookup_t    *lk;
     ngx_http_ratelimit_policy_shctx_t     *ctx;
@@ -290,13 +287,6 @@ ngx_http_ratelimit_policy_catalog_loaded(ngx_http_ratelimit_policy_pg_query_t *q
         if (cat == NULL) {
             rc = NGX_HTTP_RATELIMIT_POLICY_PG_SQL_ERROR;
         }
-    }
-
-    if (rc == NGX_HTTP_RATELIMIT_POLICY_PG_TIMEOUT) {
-        ngx_http_ratelimit_policy_stat(ctx, db_timeouts);
-
-    } else if (rc != NGX_HTTP_RATELIMIT_POLICY_PG_OK) {
-        ngx_http_ratelimit_policy_stat(ctx, db_errors);
     }
 
     now = ngx_current_msec;
@@ -343,8 +333,21 @@ ngx_http_ratelimit_policy_catalog_loaded(ngx_http_ratelimit_policy_pg_query_t *q
         ngx_free(cat);
     }
 
-    while (!ngx_queue_empty(&ngx_http_ratelimit_policy_loader.waiters)) {
-        qq = ngx_queue_head(&ngx_http_ratelimit_policy_loader.waiters);
+    /*
+     * a waiter may queue itself again (a reload it starts, or the one
+     * that a NOTIFY "*" made necessary meanwhile): take the current ones
+     * out first, or this loop would spin on it
+     */
+
+    ngx_queue_init(&waiters);
+
+    if (!ngx_queue_empty(&ngx_http_ratelimit_policy_loader.waiters)) {
+        ngx_queue_add(&waiters, &ngx_http_ratelimit_policy_loader.waiters);
+        ngx_queue_init(&ngx_http_ratelimit_policy_loader.waiters);
+    }
+
+    while (!ngx_queue_empty(&waiters)) {
+        qq = ngx_queue_head(&waiters);
         ngx_queue_remove(qq);
 
         lk = ngx_queue_data(qq, ngx_http_ratelimit_policy_lookup_t, queue);
@@ -534,8 +537,6 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
     q->data = pd;
     q->log = ngx_cycle->log;
 
-    ngx_http_ratelimit_policy_stat(ctx, db_queries);
-
     if (ngx_http_ratelimit_policy_pg_send(rpmcf->pg, q) == NGX_OK) {
 
         if (stale) {
@@ -629,13 +630,6 @@ ngx_http_ratelimit_policy_entitlement_loaded(
         row.db_rc = NGX_HTTP_RATELIMIT_POLICY_PG_SQL_ERROR;
     }
 
-    if (row.db_rc == NGX_HTTP_RATELIMIT_POLICY_PG_TIMEOUT) {
-        ngx_http_ratelimit_policy_stat(ctx, db_timeouts);
-
-    } else if (row.db_rc != NGX_HTTP_RATELIMIT_POLICY_PG_OK) {
-        ngx_http_ratelimit_policy_stat(ctx, db_errors);
-    }
-
     now = ngx_current_msec;
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
@@ -656,6 +650,15 @@ ngx_http_ratelimit_policy_entitlement_loaded(
                                row.state == NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND
                                ? rpmcf->cache_ttl : rpmcf->negative_ttl,
                                pd->epoch);
+        }
+
+        /* the daily counts of all nodes, whatever the entry's version */
+
+        if (node != NULL
+            && row.state == NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND)
+        {
+            ngx_http_ratelimit_policy_usage_fill(ctx, node, row.usage_day,
+                                                 row.usage);
         }
 
         if (row.state == NGX_HTTP_RATELIMIT_POLICY_STATE_MISSING) {
@@ -758,11 +761,22 @@ ngx_http_ratelimit_policy_parse_row(PGresult *res,
     ngx_int_t    n;
     ngx_uint_t   i;
 
-    if (PQntuples(res) != 1 || PQnfields(res) != 5) {
+    if (PQntuples(res) != 1 || PQnfields(res) != 9) {
         ngx_log_error(NGX_LOG_ERR, log, 0,
                       "ratelimit_policy: lookup returned %d rows of %d "
                       "columns", PQntuples(res), PQnfields(res));
         return NGX_ERROR;
+    }
+
+    /* today's usage: the UTC day, then the count of each class */
+
+    n = ngx_atoi((u_char *) PQgetvalue(res, 0, 5), PQgetlength(res, 0, 5));
+    row->usage_day = (n == NGX_ERROR) ? 0 : (ngx_uint_t) n;
+
+    for (i = 0; i < NGX_HTTP_RATELIMIT_POLICY_NCLASSES; i++) {
+        n = ngx_atoof((u_char *) PQgetvalue(res, 0, 6 + i),
+                      PQgetlength(res, 0, 6 + i));
+        row->usage[i] = (n == NGX_ERROR) ? 0 : n;
     }
 
     if (PQgetisnull(res, 0, 0)) {
@@ -1153,5 +1167,20 @@ ngx_http_ratelimit_policy_catalog_release(void *data)
 
     if (cat != NULL && --cat->refs == 0) {
         ngx_free(cat);
+    }
+}
+
+
+void
+ngx_http_ratelimit_policy_resolve_cancel(ngx_http_ratelimit_policy_lookup_t *lk)
+{
+    if (lk->waiting) {
+        /* in a loader's or a pending lookup's waiters */
+        ngx_queue_remove(&lk->queue);
+        lk->waiting = 0;
+    }
+
+    if (lk->poll.timer_set) {
+        ngx_del_timer(&lk->poll);
     }
 }

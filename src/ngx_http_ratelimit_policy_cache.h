@@ -14,6 +14,7 @@
 #include "ngx_http_ratelimit_policy_common.h"
 #include "ngx_http_ratelimit_policy_pg.h"
 #include "ngx_http_ratelimit_policy_shm.h"
+#include "ngx_http_ratelimit_policy_window.h"
 
 
 /*
@@ -72,6 +73,10 @@ typedef struct {
 
     ngx_http_ratelimit_policy_catalog_t  *catalog;
 
+    /* a fill: the instance's usage on that UTC day, all nodes, per class */
+    ngx_uint_t                    usage_day;
+    int64_t                       usage[NGX_HTTP_RATELIMIT_POLICY_NCLASSES];
+
     /* private */
     ngx_http_request_t           *request;
     void                        (*resume)(ngx_http_request_t *r);
@@ -90,6 +95,10 @@ typedef struct {
  * NGX_ERROR: internal error.
  */
 ngx_int_t ngx_http_ratelimit_policy_resolve(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_lookup_t *lk);
+
+/* the request goes away: forget a lookup it waits for */
+void ngx_http_ratelimit_policy_resolve_cancel(
     ngx_http_ratelimit_policy_lookup_t *lk);
 
 ngx_http_ratelimit_policy_policy_t *ngx_http_ratelimit_policy_catalog_find(

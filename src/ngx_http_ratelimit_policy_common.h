@@ -70,6 +70,13 @@ typedef struct {
     ngx_http_complex_value_t    *token;
     ngx_flag_t                   api;
     ngx_str_t                    engine_sync;
+
+    /* ratelimit_policy_enforce: the class + 1, 0: not enforced */
+    ngx_uint_t                   enforce;
+    ngx_flag_t                   dry_run;
+    ngx_int_t                    status;
+    ngx_flag_t                   headers;
+    ngx_uint_t                   log_level;
 } ngx_http_ratelimit_policy_loc_conf_t;
 
 

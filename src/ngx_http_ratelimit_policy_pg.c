@@ -21,6 +21,7 @@
 #include <ngx_event.h>
 #include <ngx_http.h>
 #include "ngx_http_ratelimit_policy_pg.h"
+#include "ngx_http_ratelimit_policy_metrics.h"
 
 
 #define NGX_HTTP_RATELIMIT_POLICY_PG_FREE        0
@@ -129,6 +130,8 @@ static void ngx_http_ratelimit_policy_listen_done(
 static void ngx_http_ratelimit_policy_listen_failed(
     ngx_http_ratelimit_policy_pg_conn_t *pc);
 static void ngx_http_ratelimit_policy_listen_timer(ngx_event_t *ev);
+static ngx_int_t ngx_http_ratelimit_policy_pg_identity(ngx_cycle_t *cycle,
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf);
 static ngx_int_t ngx_http_ratelimit_policy_pg_add_param(ngx_conf_t *cf,
     ngx_http_ratelimit_policy_main_conf_t *rpmcf, const char *key,
     const char *value);
@@ -143,16 +146,27 @@ static ngx_http_ratelimit_policy_stmt_t
 {
     /*
      * one row always: the instance's entitlement, or NULLs and whether
-     * the token belongs to any account (to tell 404 from 401)
+     * the token belongs to any account (to tell 404 from 401); then the
+     * UTC day (days since 1970-01-01) and the instance's daily usage of
+     * each class on that day, all nodes together
      */
     { "ratelimit_policy_lookup",
       "SELECT e.account_id, e.access_token_sha256, e.has_active_plan,"
       " e.policy_slug,"
       " CASE WHEN e.instance_id IS NULL THEN EXISTS (SELECT 1 FROM"
       " ratelimit.instance_entitlements t WHERE t.access_token_sha256 = $2)"
-      " END"
+      " END,"
+      " u.day, u.send_message, u.grp, u.chk"
       " FROM (SELECT 1) AS one LEFT JOIN ratelimit.instance_entitlements e"
-      " ON e.instance_id = $1",
+      " ON e.instance_id = $1"
+      " CROSS JOIN (SELECT"
+      " (now() AT TIME ZONE 'UTC')::date - date '1970-01-01' AS day,"
+      " coalesce(sum(d.count) FILTER (WHERE d.class = 'send_message'), 0)"
+      " AS send_message,"
+      " coalesce(sum(d.count) FILTER (WHERE d.class = 'group'), 0) AS grp,"
+      " coalesce(sum(d.count) FILTER (WHERE d.class = 'check'), 0) AS chk"
+      " FROM ratelimit.daily_usage d WHERE d.instance_id = $1"
+      " AND d.day = (now() AT TIME ZONE 'UTC')::date) AS u",
       2, { TEXTOID, BYTEAOID } },
 
     { "ratelimit_policy_catalog",
@@ -167,6 +181,25 @@ static ngx_http_ratelimit_policy_stmt_t
     { "ratelimit_policy_set",
       "SELECT ratelimit.set_instance_policy($1, $2)",
       2, { TEXTOID, TEXTOID } },
+
+    /*
+     * the write-behind of daily usage: one row per instance, day and
+     * class, added to what all nodes wrote; the new totals come back.
+     * The rows are taken in key order, so that two nodes writing the same
+     * rows lock them in the same order.  The parameter types come from
+     * the casts.
+     */
+    { "ratelimit_policy_usage",
+      "INSERT INTO ratelimit.daily_usage AS u (instance_id, day, class,"
+      " count)"
+      " SELECT t.i, date '1970-01-01' + t.d, t.c, t.n"
+      " FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[])"
+      " AS t (i, d, c, n) ORDER BY t.i, t.c"
+      " ON CONFLICT (instance_id, day, class)"
+      " DO UPDATE SET count = u.count + excluded.count"
+      " RETURNING u.instance_id, u.day - date '1970-01-01', u.class,"
+      " u.count",
+      0, { 0, 0 } },
 };
 
 
@@ -204,6 +237,94 @@ ngx_http_ratelimit_policy_pg_init_process(ngx_cycle_t *cycle,
     }
 
     rpmcf->pg = pg;
+
+    return ngx_http_ratelimit_policy_pg_identity(cycle, rpmcf);
+}
+
+
+/*
+ * Without "user" and "passfile", libpq looks the process's user up
+ * (getpwuid()) at every connection, which may mean a network lookup on
+ * hosts with LDAP or SSSD.  Do it once, when the worker starts, as the
+ * user the worker runs as.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_policy_pg_identity(ngx_cycle_t *cycle,
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf)
+{
+    u_char          *file;
+    size_t           len;
+    ngx_uint_t       i, has_user, has_passfile;
+    const char     **kw, **val, **nkw, **nval;
+    struct passwd   *pw;
+
+    kw = rpmcf->pg_keywords->elts;
+
+    has_user = 0;
+    has_passfile = 0;
+
+    for (i = 0; kw[i]; i++) {
+        if (ngx_strcmp(kw[i], "user") == 0) {
+            has_user = 1;
+
+        } else if (ngx_strcmp(kw[i], "passfile") == 0) {
+            has_passfile = 1;
+        }
+    }
+
+    if (has_user && has_passfile) {
+        return NGX_OK;
+    }
+
+    pw = getpwuid(geteuid());
+    if (pw == NULL) {
+        /* libpq will say what is missing when it connects */
+        return NGX_OK;
+    }
+
+    nkw = ngx_pcalloc(cycle->pool, (i + 3) * sizeof(char *));
+    nval = ngx_pcalloc(cycle->pool, (i + 3) * sizeof(char *));
+    if (nkw == NULL || nval == NULL) {
+        return NGX_ERROR;
+    }
+
+    val = rpmcf->pg_values->elts;
+
+    ngx_memcpy(nkw, kw, i * sizeof(char *));
+    ngx_memcpy(nval, val, i * sizeof(char *));
+
+    if (!has_user && pw->pw_name) {
+        len = ngx_strlen(pw->pw_name) + 1;
+
+        file = ngx_pnalloc(cycle->pool, len);
+        if (file == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(file, pw->pw_name, len);
+
+        nkw[i] = "user";
+        nval[i] = (const char *) file;
+        i++;
+    }
+
+    if (!has_passfile && pw->pw_dir) {
+        len = ngx_strlen(pw->pw_dir) + sizeof("/.pgpass");
+
+        file = ngx_pnalloc(cycle->pool, len);
+        if (file == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_sprintf(file, "%s/.pgpass%Z", pw->pw_dir);
+
+        nkw[i] = "passfile";
+        nval[i] = (const char *) file;
+    }
+
+    rpmcf->pg_keywords->elts = nkw;
+    rpmcf->pg_values->elts = nval;
 
     return NGX_OK;
 }
@@ -254,6 +375,9 @@ ngx_http_ratelimit_policy_pg_send(ngx_http_ratelimit_policy_pg_t *pg,
         return NGX_DECLINED;
     }
 
+    q->pg = pg;
+    q->started = ngx_http_ratelimit_policy_metrics_clock();
+
     for (i = 0; i < pg->nconns; i++) {
         pc = &pg->conns[i];
 
@@ -272,6 +396,7 @@ ngx_http_ratelimit_policy_pg_send(ngx_http_ratelimit_policy_pg_t *pg,
 
             ngx_del_timer(&q->timer);
             q->rc = NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE;
+            ngx_http_ratelimit_policy_metrics_query(q->stmt, q->rc, 0);
             return NGX_DECLINED;
         }
     }
@@ -281,6 +406,7 @@ ngx_http_ratelimit_policy_pg_send(ngx_http_ratelimit_policy_pg_t *pg,
                       "ratelimit_policy: database queue is full (%ui)",
                       pg->nwaiting);
         q->rc = NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE;
+        ngx_http_ratelimit_policy_metrics_query(q->stmt, q->rc, 0);
         return NGX_DECLINED;
     }
 
@@ -312,6 +438,7 @@ ngx_http_ratelimit_policy_pg_send(ngx_http_ratelimit_policy_pg_t *pg,
     {
         /* nothing will ever free up: fail now, do not wait for a timer */
         q->rc = NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE;
+        ngx_http_ratelimit_policy_metrics_query(q->stmt, q->rc, 0);
         return NGX_DECLINED;
     }
 
@@ -324,6 +451,8 @@ ngx_http_ratelimit_policy_pg_send(ngx_http_ratelimit_policy_pg_t *pg,
     ngx_queue_insert_tail(&pg->waiting, &q->queue);
     pg->nwaiting++;
     q->queued = 1;
+
+    ngx_http_ratelimit_policy_metrics_waiting(pg->nwaiting);
 
     return NGX_OK;
 }
@@ -1007,28 +1136,41 @@ ngx_http_ratelimit_policy_pg_complete(ngx_http_ratelimit_policy_pg_query_t *q,
     ngx_uint_t rc, PGresult *res)
 {
     char        *sqlstate;
-    ngx_uint_t   level;
+    ngx_uint_t   level, refusal;
 
     if (q->timer.timer_set) {
         ngx_del_timer(&q->timer);
     }
+
+    refusal = 0;
 
     if (rc == NGX_HTTP_RATELIMIT_POLICY_PG_SQL_ERROR && res != NULL) {
 
         /* the refusals of ratelimit.set_instance_policy() are answers */
 
         sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        level = (sqlstate && ngx_strncmp(sqlstate, "RLP", 3) == 0)
-                ? NGX_LOG_INFO : NGX_LOG_ERR;
+        refusal = (sqlstate && ngx_strncmp(sqlstate, "RLP", 3) == 0);
+        level = refusal ? NGX_LOG_INFO : NGX_LOG_ERR;
 
         ngx_log_error(level, q->log, 0,
                       "ratelimit_policy: query \"%s\" failed: %s",
                       ngx_http_ratelimit_policy_stmts[q->stmt].name,
                       PQresultErrorMessage(res));
+
+        /* statement_timeout (just below query_timeout) fired: a timeout */
+
+        if (sqlstate && ngx_strcmp(sqlstate, "57014") == 0) {
+            rc = NGX_HTTP_RATELIMIT_POLICY_PG_TIMEOUT;
+        }
     }
 
     q->rc = rc;
     q->result = res;
+
+    /* a refusal is an answer, not a database error */
+    ngx_http_ratelimit_policy_metrics_query(q->stmt,
+                                refusal ? NGX_HTTP_RATELIMIT_POLICY_PG_OK : rc,
+                                q->started);
 
     q->handler(q);
 
@@ -1051,6 +1193,9 @@ ngx_http_ratelimit_policy_pg_query_timeout(ngx_event_t *ev)
         pc = NULL;
         ngx_queue_remove(&q->queue);
         q->queued = 0;
+
+        q->pg->nwaiting--;
+        ngx_http_ratelimit_policy_metrics_waiting(q->pg->nwaiting);
 
         ngx_log_error(NGX_LOG_ERR, q->log, NGX_ETIMEDOUT,
                       "ratelimit_policy: query \"%s\" timed out waiting "
@@ -1077,6 +1222,9 @@ ngx_http_ratelimit_policy_pg_query_timeout(ngx_event_t *ev)
 
     q->rc = NGX_HTTP_RATELIMIT_POLICY_PG_TIMEOUT;
     q->result = NULL;
+
+    ngx_http_ratelimit_policy_metrics_query(q->stmt, q->rc, q->started);
+
     q->handler(q);
 
     if (pg) {
@@ -1101,6 +1249,7 @@ ngx_http_ratelimit_policy_pg_dispatch(ngx_http_ratelimit_policy_pg_t *pg)
         qq = ngx_queue_head(&pg->waiting);
         ngx_queue_remove(qq);
         pg->nwaiting--;
+        ngx_http_ratelimit_policy_metrics_waiting(pg->nwaiting);
 
         q = ngx_queue_data(qq, ngx_http_ratelimit_policy_pg_query_t, queue);
         q->queued = 0;
@@ -1168,6 +1317,7 @@ ngx_http_ratelimit_policy_pg_fail_waiting(ngx_http_ratelimit_policy_pg_t *pg,
         qq = ngx_queue_head(&pg->waiting);
         ngx_queue_remove(qq);
         pg->nwaiting--;
+        ngx_http_ratelimit_policy_metrics_waiting(pg->nwaiting);
 
         q = ngx_queue_data(qq, ngx_http_ratelimit_policy_pg_query_t, queue);
         q->queued = 0;
@@ -1212,6 +1362,14 @@ ngx_http_ratelimit_policy_pg_conninfo(ngx_conf_t *cf,
     opts = PQconninfoParse((char *) conninfo->data, &err);
 
     if (opts == NULL) {
+        if (err) {
+            for (p = (u_char *) err + ngx_strlen(err);
+                 p > (u_char *) err && (p[-1] == '\n' || p[-1] == ' ');
+                 p--)
+            { /* void */ }
+            *p = '\0';
+        }
+
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid connection string \"%V\": %s", conninfo,
                            err ? err : "out of memory");
@@ -1468,6 +1626,7 @@ ngx_http_ratelimit_policy_pg_notifies(ngx_http_ratelimit_policy_pg_conn_t *pc)
                            len, n->extra);
 
             pg->notifications++;
+            ngx_http_ratelimit_policy_metrics_notified();
             pg->notify(pg->notify_data, (u_char *) n->extra, len);
         }
 
@@ -1516,6 +1675,13 @@ ngx_uint_t
 ngx_http_ratelimit_policy_pg_listening(ngx_http_ratelimit_policy_pg_t *pg)
 {
     return pg ? pg->listening : 0;
+}
+
+
+const char *
+ngx_http_ratelimit_policy_pg_statement(ngx_uint_t stmt)
+{
+    return ngx_http_ratelimit_policy_stmts[stmt].name;
 }
 
 
@@ -1578,6 +1744,7 @@ ngx_http_ratelimit_policy_listen_done(ngx_http_ratelimit_policy_pg_conn_t *pc,
 
     if (!pg->listening) {
         pg->listening = 1;
+        ngx_http_ratelimit_policy_metrics_listening(1);
         pg->listen_backoff = 0;
 
         ngx_log_error(NGX_LOG_NOTICE, pg->log, 0,
@@ -1608,6 +1775,7 @@ ngx_http_ratelimit_policy_listen_failed(ngx_http_ratelimit_policy_pg_conn_t *pc)
     }
 
     pg->listening = 0;
+    ngx_http_ratelimit_policy_metrics_listening(0);
 
     if (pg->listen_backoff == 0) {
         pg->listen_backoff = NGX_HTTP_RATELIMIT_POLICY_PG_BACKOFF_MIN;

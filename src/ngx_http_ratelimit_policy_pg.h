@@ -25,7 +25,8 @@
 #define NGX_HTTP_RATELIMIT_POLICY_STMT_LOOKUP     0
 #define NGX_HTTP_RATELIMIT_POLICY_STMT_CATALOG    1
 #define NGX_HTTP_RATELIMIT_POLICY_STMT_SET        2
-#define NGX_HTTP_RATELIMIT_POLICY_NSTMTS          3
+#define NGX_HTTP_RATELIMIT_POLICY_STMT_USAGE      3
+#define NGX_HTTP_RATELIMIT_POLICY_NSTMTS          4
 
 #define NGX_HTTP_RATELIMIT_POLICY_PG_MAX_PARAMS   4
 
@@ -61,6 +62,8 @@ struct ngx_http_ratelimit_policy_pg_query_s {
     /* private */
     ngx_queue_t                               queue;
     ngx_event_t                               timer;
+    ngx_http_ratelimit_policy_pg_t           *pg;
+    uint64_t                                  started;
     void                                     *conn;
     unsigned                                  queued:1;
 };
@@ -97,6 +100,9 @@ ngx_int_t ngx_http_ratelimit_policy_pg_listen(
     ngx_http_ratelimit_policy_pg_notify_pt notify, void *data);
 ngx_uint_t ngx_http_ratelimit_policy_pg_listening(
     ngx_http_ratelimit_policy_pg_t *pg);
+
+/* the name of a prepared statement, NGX_HTTP_RATELIMIT_POLICY_STMT_* */
+const char *ngx_http_ratelimit_policy_pg_statement(ngx_uint_t stmt);
 
 char *ngx_http_ratelimit_policy_pg_conninfo(ngx_conf_t *cf,
     ngx_http_ratelimit_policy_main_conf_t *rpmcf, ngx_str_t *conninfo);

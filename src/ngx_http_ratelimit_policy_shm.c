@@ -13,6 +13,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 #include "ngx_http_ratelimit_policy_shm.h"
+#include "ngx_http_ratelimit_policy_usage.h"
 
 
 static void ngx_http_ratelimit_policy_rbtree_insert_value(
@@ -283,6 +284,13 @@ ngx_http_ratelimit_policy_evict(ngx_http_ratelimit_policy_shctx_t *ctx)
             /* a lookup in flight will write into it */
             continue;
         }
+
+        if (!ngx_http_ratelimit_policy_usage_evictable(rn)) {
+            /* requests in flight, or usage not yet written */
+            continue;
+        }
+
+        ngx_http_ratelimit_policy_usage_free(ctx, rn);
 
         ngx_queue_remove(&rn->queue);
 

@@ -15,7 +15,7 @@
 
 
 /* bump on any change of the structures below: reload refuses the zone */
-#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5001
+#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5003
 
 #define NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE  1
 #define NGX_HTTP_RATELIMIT_POLICY_NODE_TOKEN     2
@@ -23,6 +23,15 @@
 #define NGX_HTTP_RATELIMIT_POLICY_STATE_NONE      0
 #define NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND     1
 #define NGX_HTTP_RATELIMIT_POLICY_STATE_MISSING   2
+
+/* the sizes of the counters, see ngx_http_ratelimit_policy_metrics.c */
+#define NGX_HTTP_RATELIMIT_POLICY_METRICS_METHODS   4
+#define NGX_HTTP_RATELIMIT_POLICY_METRICS_CODES     16
+#define NGX_HTTP_RATELIMIT_POLICY_METRICS_STMTS     8
+#define NGX_HTTP_RATELIMIT_POLICY_METRICS_BUCKETS   14
+#define NGX_HTTP_RATELIMIT_POLICY_METRICS_CLASSES   3
+#define NGX_HTTP_RATELIMIT_POLICY_METRICS_VERDICTS  4
+#define NGX_HTTP_RATELIMIT_POLICY_METRICS_PROCS     64
 
 
 typedef struct {
@@ -43,6 +52,9 @@ typedef struct {
     ngx_uint_t                    version;      /* bumped by invalidation */
     ngx_uint_t                    epoch;
 
+    /* enforcement, see ngx_http_ratelimit_policy_usage.h; or NULL */
+    struct ngx_http_ratelimit_policy_counters_s  *counters;
+
     int64_t                       account_id;
     u_char                        digest[NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN];
     u_char                        slug[NGX_HTTP_RATELIMIT_POLICY_SLUG_MAX];
@@ -51,15 +63,58 @@ typedef struct {
 } ngx_http_ratelimit_policy_node_t;
 
 
+/* a worker's gauges: its slot is found by pid, a dead pid's is ignored */
+
 typedef struct {
-    ngx_atomic_t                  cache_hits;
-    ngx_atomic_t                  cache_misses;
-    ngx_atomic_t                  cache_negative_hits;
-    ngx_atomic_t                  cache_stale;
-    ngx_atomic_t                  db_queries;
-    ngx_atomic_t                  db_errors;
-    ngx_atomic_t                  db_timeouts;
-    ngx_atomic_t                  evictions;
+    ngx_atomic_t  pid;
+    ngx_atomic_t  waiting;
+    ngx_atomic_t  listening;
+} ngx_http_ratelimit_policy_proc_stats_t;
+
+
+/* one prepared statement */
+
+typedef struct {
+    ngx_atomic_t  queries;
+    ngx_atomic_t  errors;                 /* SQL errors */
+    ngx_atomic_t  unavailable;            /* no connection, or lost */
+    ngx_atomic_t  timeouts;
+    ngx_atomic_t  usec;                   /* sum of the latencies */
+    ngx_atomic_t  buckets[NGX_HTTP_RATELIMIT_POLICY_METRICS_BUCKETS];
+} ngx_http_ratelimit_policy_stmt_stats_t;
+
+
+/* one class of enforced requests */
+
+typedef struct {
+    ngx_atomic_t  verdicts[NGX_HTTP_RATELIMIT_POLICY_METRICS_VERDICTS];
+    ngx_atomic_t  rejected[NGX_HTTP_RATELIMIT_POLICY_NLIMITS][2];
+} ngx_http_ratelimit_policy_class_stats_t;
+
+
+typedef struct {
+    ngx_atomic_t                             cache_hits;
+    ngx_atomic_t                             cache_misses;
+    ngx_atomic_t                             cache_negative_hits;
+    ngx_atomic_t                             cache_stale;
+    ngx_atomic_t                             evictions;
+    ngx_atomic_t                             notifications;
+
+    /* the write-behind of daily usage: batches written, failed */
+    ngx_atomic_t                             sync_ok;
+    ngx_atomic_t                             sync_failed;
+    ngx_atomic_t                             sync_rows;
+    ngx_atomic_t                             sync_lag;    /* msec */
+
+    ngx_atomic_t                             api[
+                                    NGX_HTTP_RATELIMIT_POLICY_METRICS_METHODS]
+                                   [NGX_HTTP_RATELIMIT_POLICY_METRICS_CODES];
+    ngx_http_ratelimit_policy_stmt_stats_t   db[
+                                    NGX_HTTP_RATELIMIT_POLICY_METRICS_STMTS];
+    ngx_http_ratelimit_policy_class_stats_t  enforce[
+                                    NGX_HTTP_RATELIMIT_POLICY_METRICS_CLASSES];
+    ngx_http_ratelimit_policy_proc_stats_t   procs[
+                                    NGX_HTTP_RATELIMIT_POLICY_METRICS_PROCS];
 } ngx_http_ratelimit_policy_stats_t;
 
 
@@ -82,6 +137,9 @@ typedef struct {
     ngx_msec_t                    catalog_loading;
     ngx_uint_t                    catalog_version;
     ngx_uint_t                    catalog_loaded_version;
+
+    /* the write-behind of daily usage, see ngx_http_ratelimit_policy_usage.h */
+    struct ngx_http_ratelimit_policy_usage_sh_s  *usage;
 
     ngx_http_ratelimit_policy_stats_t  stats;
 } ngx_http_ratelimit_policy_sh_t;

@@ -9,10 +9,14 @@
 #include <ngx_http.h>
 #include "ngx_http_ratelimit_policy_variables.h"
 #include "ngx_http_ratelimit_policy_api.h"
+#include "ngx_http_ratelimit_policy_enforce.h"
 
 
 static ngx_int_t ngx_http_ratelimit_policy_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_ratelimit_policy_request_variable(
+    ngx_http_request_t *r, ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_uint_t ngx_http_ratelimit_policy_token_arg(u_char *p, u_char *last);
 
 
 static ngx_http_variable_t  ngx_http_ratelimit_policy_vars[] = {
@@ -26,6 +30,19 @@ static ngx_http_variable_t  ngx_http_ratelimit_policy_vars[] = {
       ngx_http_ratelimit_policy_variable,
       offsetof(ngx_http_ratelimit_policy_ctx_t, instance),
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("ratelimit_policy_status"), NULL,
+      ngx_http_ratelimit_policy_enforce_variable,
+      NGX_HTTP_RATELIMIT_POLICY_VAR_STATUS,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("ratelimit_policy_remaining"), NULL,
+      ngx_http_ratelimit_policy_enforce_variable,
+      NGX_HTTP_RATELIMIT_POLICY_VAR_REMAINING,
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("ratelimit_policy_request"), NULL,
+      ngx_http_ratelimit_policy_request_variable, 0, 0, 0 },
 
       ngx_http_null_variable
 };
@@ -78,4 +95,158 @@ ngx_http_ratelimit_policy_variable(ngx_http_request_t *r,
     v->data = s->data;
 
     return NGX_OK;
+}
+
+
+/*
+ * $ratelimit_policy_request: $request with the value of every
+ * "access_token" query argument replaced by "***".
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_policy_request_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t  line;
+
+    if (r->request_line.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    if (ngx_http_ratelimit_policy_mask_request(r, &line) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    v->len = line.len;
+    v->data = line.data;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The request line with every "access_token" value masked: the line
+ * itself when it has none.  The name is matched as ngx_http_arg() matches
+ * it (case-insensitively), so whatever the module would take for a token
+ * is masked.
+ */
+
+ngx_int_t
+ngx_http_ratelimit_policy_mask_request(ngx_http_request_t *r,
+    ngx_str_t *masked)
+{
+    size_t      len;
+    u_char     *p, *q, *a, *end, *last, *out;
+    ngx_str_t   line;
+    ngx_uint_t  n;
+
+    /* masked may be &r->request_line */
+
+    line = r->request_line;
+    last = line.data + line.len;
+
+    /* where the URI ends: before " HTTP/x.y", if there is one */
+
+    end = last;
+
+    if (r->http_protocol.len) {
+        if (r->http_protocol.data > line.data
+            && r->http_protocol.data < last)
+        {
+            end = r->http_protocol.data;
+
+        } else {
+            /* HTTP/2, or an earlier mask: "... HTTP/x.y" ends the line */
+            for (p = last; p > line.data && p[-1] != ' '; p--) {
+                /* void */
+            }
+
+            if (p > line.data) {
+                end = p - 1;
+            }
+        }
+
+        while (end > line.data && end[-1] == ' ') {
+            end--;
+        }
+    }
+
+    a = ngx_strlchr(line.data, end, '?');
+
+    /* the length with every token value masked */
+
+    len = line.len;
+    n = 0;
+
+    if (a != NULL) {
+        for (p = a + 1; p < end; p = q + 1) {
+            q = ngx_strlchr(p, end, '&');
+            if (q == NULL) {
+                q = end;
+            }
+
+            if (ngx_http_ratelimit_policy_token_arg(p, q)) {
+                len -= q - (p + sizeof("access_token=") - 1);
+                len += sizeof("***") - 1;
+                n++;
+            }
+        }
+    }
+
+    if (n == 0) {
+        *masked = line;
+        return NGX_OK;
+    }
+
+    out = ngx_pnalloc(r->pool, len);
+    if (out == NULL) {
+        return NGX_ERROR;
+    }
+
+    masked->data = out;
+
+    out = ngx_cpymem(out, line.data, a + 1 - line.data);
+
+    for (p = a + 1; p < end; p = q + 1) {
+        q = ngx_strlchr(p, end, '&');
+        if (q == NULL) {
+            q = end;
+        }
+
+        if (ngx_http_ratelimit_policy_token_arg(p, q)) {
+            out = ngx_cpymem(out, p, sizeof("access_token=") - 1);
+            out = ngx_cpymem(out, "***", sizeof("***") - 1);
+
+        } else {
+            out = ngx_cpymem(out, p, q - p);
+        }
+
+        if (q < end) {
+            *out++ = '&';
+        }
+    }
+
+    out = ngx_cpymem(out, end, last - end);
+
+    masked->len = out - masked->data;
+
+    return NGX_OK;
+}
+
+
+/* "access_token=VALUE" with a value to hide */
+
+static ngx_uint_t
+ngx_http_ratelimit_policy_token_arg(u_char *p, u_char *last)
+{
+    if ((size_t) (last - p) <= sizeof("access_token=") - 1) {
+        return 0;
+    }
+
+    return ngx_strncasecmp(p, (u_char *) "access_token=",
+                           sizeof("access_token=") - 1) == 0;
 }
