@@ -868,5 +868,6 @@ ngx_http_ratelimit_policy_exit_process(ngx_cycle_t *cycle)
         ngx_http_ratelimit_policy_pg_exit_process(cycle, rpmcf);
     }
 
+    ngx_http_ratelimit_policy_usage_exit_process(cycle);
     ngx_http_ratelimit_policy_metrics_exit_process(cycle);
 }

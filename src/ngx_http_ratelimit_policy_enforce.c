@@ -91,6 +91,7 @@ static ngx_int_t ngx_http_ratelimit_policy_enforce_header_filter(
     ngx_http_request_t *r);
 static ngx_int_t ngx_http_ratelimit_policy_enforce_headers(
     ngx_http_request_t *r, ngx_http_ratelimit_policy_enforce_ctx_t *ectx);
+static u_char *ngx_http_ratelimit_policy_enforce_num(u_char *p, int64_t n);
 static ngx_uint_t ngx_http_ratelimit_policy_enforce_tightest(
     ngx_http_ratelimit_policy_enforce_ctx_t *ectx, int64_t *limit,
     int64_t *remaining, int64_t *reset);
@@ -772,18 +773,24 @@ ngx_http_ratelimit_policy_enforce_headers(ngx_http_request_t *r,
     mreset = ngx_max(res->minute_reset - elapsed, 0);
     dreset = ngx_max(res->day_reset - elapsed, 0);
 
+    /* all the values, formatted by hand: this runs on every response */
+
+    p = ngx_pnalloc(r->pool,
+                    3 * NGX_INT64_LEN
+                    + sizeof("\"minute\";q=;w=60, \"day\";q=;w=86400") - 1
+                    + sizeof("\"minute\";r=;t=, \"day\";r=;t=") - 1
+                    + 6 * NGX_INT64_LEN);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
     if (ngx_http_ratelimit_policy_enforce_tightest(ectx, &limit, &remaining,
                                                    &reset))
     {
         reset = ngx_max(reset - elapsed, 0);
 
-        p = ngx_pnalloc(r->pool, 3 * NGX_INT64_LEN);
-        if (p == NULL) {
-            return NGX_ERROR;
-        }
-
         start = p;
-        p = ngx_sprintf(p, "%L", limit);
+        p = ngx_http_ratelimit_policy_enforce_num(p, limit);
 
         if (ngx_http_ratelimit_policy_enforce_add_header(r,
                                           &ngx_http_ratelimit_policy_h_limit,
@@ -794,7 +801,7 @@ ngx_http_ratelimit_policy_enforce_headers(ngx_http_request_t *r,
         }
 
         start = p;
-        p = ngx_sprintf(p, "%L", remaining);
+        p = ngx_http_ratelimit_policy_enforce_num(p, remaining);
 
         if (ngx_http_ratelimit_policy_enforce_add_header(r,
                                        &ngx_http_ratelimit_policy_h_remaining,
@@ -805,7 +812,7 @@ ngx_http_ratelimit_policy_enforce_headers(ngx_http_request_t *r,
         }
 
         start = p;
-        p = ngx_sprintf(p, "%L", reset);
+        p = ngx_http_ratelimit_policy_enforce_num(p, reset);
 
         if (ngx_http_ratelimit_policy_enforce_add_header(r,
                                            &ngx_http_ratelimit_policy_h_reset,
@@ -816,24 +823,25 @@ ngx_http_ratelimit_policy_enforce_headers(ngx_http_request_t *r,
         }
     }
 
-    p = ngx_pnalloc(r->pool,
-                    2 * (sizeof("\"minute\";q=;w=60, \"day\";q=;w=86400")
-                         + 2 * NGX_INT64_LEN));
-    if (p == NULL) {
-        return NGX_ERROR;
-    }
-
     /* RateLimit-Policy */
 
     start = p;
 
     if (res->minute_limit >= 0) {
-        p = ngx_sprintf(p, "\"minute\";q=%L;w=60", res->minute_limit);
+        p = ngx_cpymem(p, "\"minute\";q=", sizeof("\"minute\";q=") - 1);
+        p = ngx_http_ratelimit_policy_enforce_num(p, res->minute_limit);
+        p = ngx_cpymem(p, ";w=60", sizeof(";w=60") - 1);
     }
 
     if (res->day_limit >= 0) {
-        p = ngx_sprintf(p, "%s\"day\";q=%L;w=86400",
-                        (p == start) ? "" : ", ", res->day_limit);
+        if (p != start) {
+            *p++ = ',';
+            *p++ = ' ';
+        }
+
+        p = ngx_cpymem(p, "\"day\";q=", sizeof("\"day\";q=") - 1);
+        p = ngx_http_ratelimit_policy_enforce_num(p, res->day_limit);
+        p = ngx_cpymem(p, ";w=86400", sizeof(";w=86400") - 1);
     }
 
     if (ngx_http_ratelimit_policy_enforce_add_header(r,
@@ -849,18 +857,47 @@ ngx_http_ratelimit_policy_enforce_headers(ngx_http_request_t *r,
     start = p;
 
     if (res->minute_limit >= 0) {
-        p = ngx_sprintf(p, "\"minute\";r=%L;t=%L", res->minute_remaining,
-                        mreset);
+        p = ngx_cpymem(p, "\"minute\";r=", sizeof("\"minute\";r=") - 1);
+        p = ngx_http_ratelimit_policy_enforce_num(p, res->minute_remaining);
+        p = ngx_cpymem(p, ";t=", sizeof(";t=") - 1);
+        p = ngx_http_ratelimit_policy_enforce_num(p, mreset);
     }
 
     if (res->day_limit >= 0) {
-        p = ngx_sprintf(p, "%s\"day\";r=%L;t=%L", (p == start) ? "" : ", ",
-                        res->day_remaining, dreset);
+        if (p != start) {
+            *p++ = ',';
+            *p++ = ' ';
+        }
+
+        p = ngx_cpymem(p, "\"day\";r=", sizeof("\"day\";r=") - 1);
+        p = ngx_http_ratelimit_policy_enforce_num(p, res->day_remaining);
+        p = ngx_cpymem(p, ";t=", sizeof(";t=") - 1);
+        p = ngx_http_ratelimit_policy_enforce_num(p, dreset);
     }
 
     return ngx_http_ratelimit_policy_enforce_add_header(r,
                                        &ngx_http_ratelimit_policy_h_ratelimit,
                                        start, p - start);
+}
+
+
+/* a non-negative decimal number, without ngx_sprintf()'s generality */
+
+static u_char *
+ngx_http_ratelimit_policy_enforce_num(u_char *p, int64_t n)
+{
+    u_char    buf[NGX_INT64_LEN], *b;
+    uint64_t  v;
+
+    v = (n < 0) ? 0 : (uint64_t) n;
+    b = buf + NGX_INT64_LEN;
+
+    do {
+        *--b = (u_char) ('0' + v % 10);
+        v /= 10;
+    } while (v);
+
+    return ngx_cpymem(p, b, buf + NGX_INT64_LEN - b);
 }
 
 
@@ -952,7 +989,7 @@ ngx_http_ratelimit_policy_enforce_variable(ngx_http_request_t *r,
         }
 
         v->data = p;
-        v->len = ngx_sprintf(p, "%L", remaining) - p;
+        v->len = ngx_http_ratelimit_policy_enforce_num(p, remaining) - p;
     }
 
     v->valid = 1;

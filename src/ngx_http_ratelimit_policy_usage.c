@@ -191,6 +191,31 @@ ngx_http_ratelimit_policy_usage_init_process(ngx_cycle_t *cycle,
 }
 
 
+void
+ngx_http_ratelimit_policy_usage_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_ratelimit_policy_batch_t  *b;
+
+    /* a batch in flight is put back by whoever writes next */
+
+    b = &ngx_http_ratelimit_policy_batch;
+
+    if (ngx_http_ratelimit_policy_tick.timer_set) {
+        ngx_del_timer(&ngx_http_ratelimit_policy_tick);
+    }
+
+    if (b->params) {
+        ngx_free(b->params);
+        b->params = NULL;
+    }
+
+    if (b->rows) {
+        ngx_free(b->rows);
+        b->rows = NULL;
+    }
+}
+
+
 static void
 ngx_http_ratelimit_policy_usage_tick(ngx_event_t *ev)
 {

@@ -79,6 +79,7 @@ typedef struct ngx_http_ratelimit_policy_usage_sh_s
 
 ngx_int_t ngx_http_ratelimit_policy_usage_init_process(ngx_cycle_t *cycle,
     ngx_http_ratelimit_policy_main_conf_t *rpmcf);
+void ngx_http_ratelimit_policy_usage_exit_process(ngx_cycle_t *cycle);
 
 /* with the zone locked */
 ngx_http_ratelimit_policy_counters_t *ngx_http_ratelimit_policy_usage_counters(

@@ -18,6 +18,7 @@
  */
 
 
+#include <string.h>
 #include "ngx_http_ratelimit_policy_window.h"
 
 
@@ -28,6 +29,8 @@ static uint32_t ngx_http_ratelimit_policy_window_second(
     ngx_http_ratelimit_policy_window_class_t *c, uint64_t mono);
 static int64_t ngx_http_ratelimit_policy_window_wait(
     ngx_http_ratelimit_policy_window_class_t *c, uint64_t mono, uint32_t n);
+static void ngx_http_ratelimit_policy_window_advance(
+    ngx_http_ratelimit_policy_window_class_t *c, uint64_t mono);
 static void ngx_http_ratelimit_policy_window_protect(
     ngx_http_ratelimit_policy_window_t *w,
     const ngx_http_ratelimit_policy_window_limits_t *lim, uint64_t mono,
@@ -101,46 +104,53 @@ ngx_http_ratelimit_policy_window_wait(
 }
 
 
+/* moves the ring forward to "mono", clearing the seconds passed */
+
+static void
+ngx_http_ratelimit_policy_window_advance(
+    ngx_http_ratelimit_policy_window_class_t *c, uint64_t mono)
+{
+    uint32_t  now, gap, i, k;
+
+    now = ngx_http_ratelimit_policy_window_second(c, mono);
+
+    if (now <= c->sec) {
+        return;
+    }
+
+    gap = now - c->sec;
+
+    if (gap >= NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS) {
+        memset(c->slot, 0, sizeof(c->slot));
+        c->total = 0;
+
+    } else {
+        i = (c->sec + 1) % NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS;
+
+        for (k = 0; k < gap; k++) {
+            c->total = (c->total > c->slot[i]) ? c->total - c->slot[i] : 0;
+            c->slot[i] = 0;
+
+            if (++i == NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS) {
+                i = 0;
+            }
+        }
+    }
+
+    c->sec = now;
+}
+
+
 uint32_t
 ngx_http_ratelimit_policy_window_minute(
     ngx_http_ratelimit_policy_window_class_t *c, uint64_t mono,
     int64_t limit, int64_t *retry, int64_t *reset)
 {
-    uint32_t    s, now, gap, sum, acc, v;
-    unsigned    k;
+    uint32_t  sum, acc, v, i, k;
 
-    /* move the ring forward to "mono", clearing the seconds passed */
+    ngx_http_ratelimit_policy_window_advance(c, mono);
 
-    now = ngx_http_ratelimit_policy_window_second(c, mono);
-
-    if (now > c->sec) {
-        gap = now - c->sec;
-
-        if (gap >= NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS) {
-            for (k = 0; k < NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS; k++) {
-                c->slot[k] = 0;
-            }
-
-        } else {
-            for (s = c->sec + 1; s != now + 1; s++) {
-                c->slot[s % NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS] = 0;
-            }
-        }
-
-        c->sec = now;
-    }
-
-    sum = 0;
-
-    for (k = 0; k < NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS; k++) {
-        sum += c->slot[k];
-    }
-
-    /*
-     * the oldest second of the window, c->sec - 59, leaves it first: when
-     * second c->sec + k + 1 begins, seconds c->sec - 59 .. c->sec - 59 + k
-     * are gone
-     */
+    sum = c->total;
 
     *reset = 0;
 
@@ -154,10 +164,21 @@ ngx_http_ratelimit_policy_window_minute(
         *retry = -1;
     }
 
-    acc = 0;
+    /*
+     * the oldest second of the window, c->sec - 59, leaves it first: when
+     * second c->sec + k + 1 begins, seconds c->sec - 59 .. c->sec - 59 + k
+     * are gone
+     */
 
-    for (k = 0; k < NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS; k++) {
-        v = c->slot[(c->sec + 1 + k) % NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS];
+    acc = 0;
+    i = (c->sec + 1) % NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS;
+
+    for (k = 0; k < NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS && acc < sum; k++) {
+        v = c->slot[i];
+
+        if (++i == NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS) {
+            i = 0;
+        }
 
         if (v == 0) {
             continue;
@@ -172,11 +193,16 @@ ngx_http_ratelimit_policy_window_minute(
         if (*retry < 0 && (int64_t) (sum - acc) < limit) {
             *retry = ngx_http_ratelimit_policy_window_wait(c, mono, k + 1);
         }
+
+        if (*retry >= 0) {
+            break;
+        }
     }
 
     if (*retry < 0) {
         /* not reached: the whole window leaves after 60 seconds */
-        *retry = NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS;
+        *retry = ngx_http_ratelimit_policy_window_wait(c, mono,
+                                      NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS);
     }
 
     return sum;
@@ -199,66 +225,30 @@ ngx_http_ratelimit_policy_window_decide(ngx_http_ratelimit_policy_window_t *w,
     ngx_http_ratelimit_policy_window_day(c,
                                   ngx_http_ratelimit_policy_window_today(wall));
 
-    sum = ngx_http_ratelimit_policy_window_minute(c, mono, lim->per_minute,
-                                                  &retry, &reset);
+    ngx_http_ratelimit_policy_window_advance(c, mono);
 
+    sum = c->total;
     slot = &c->slot[c->sec % NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOTS];
-
-    dreset = (int64_t) (c->day + 1) * NGX_HTTP_RATELIMIT_POLICY_WINDOW_DAY
-             - wall;
-
-    if (dreset < 1) {
-        dreset = 1;
-    }
 
     minute_full = lim->per_minute >= 0
                   && ((int64_t) sum >= lim->per_minute
                       || *slot == NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOT_MAX);
 
-    if (minute_full && (int64_t) sum < lim->per_minute) {
-        /* this second's count is saturated: the next second will do */
-        retry = ngx_http_ratelimit_policy_window_wait(c, mono, 1);
-    }
-
     day_full = lim->daily >= 0 && (int64_t) c->daily >= lim->daily;
-
-    /* a retry is never told to come before an exhausted window resets */
-
-    floor = 0;
-
-    if (minute_full) {
-        floor = retry;
-    }
-
-    if (day_full) {
-        floor = ngx_http_ratelimit_policy_window_max(floor, dreset);
-    }
-
-    res->protection_started = 0;
-    res->retry_after = 0;
 
     if (w->protect_until > mono) {
         res->verdict = NGX_HTTP_RATELIMIT_POLICY_WINDOW_PROTECTION;
-        res->retry_after = ngx_http_ratelimit_policy_window_max(
-                               (int64_t) ((w->protect_until - mono + 999)
-                                          / 1000),
-                               floor);
 
     } else if (lim->concurrent >= 0
                && (int64_t) w->inflight >= lim->concurrent)
     {
         res->verdict = NGX_HTTP_RATELIMIT_POLICY_WINDOW_CONCURRENCY;
-        res->retry_after = ngx_http_ratelimit_policy_window_max(1, floor);
 
     } else if (minute_full) {
         res->verdict = NGX_HTTP_RATELIMIT_POLICY_WINDOW_MINUTE;
-        res->retry_after = floor;
-        ngx_http_ratelimit_policy_window_protect(w, lim, mono, res);
 
     } else if (day_full) {
         res->verdict = NGX_HTTP_RATELIMIT_POLICY_WINDOW_DAILY;
-        res->retry_after = floor;
-        ngx_http_ratelimit_policy_window_protect(w, lim, mono, res);
 
     } else {
         res->verdict = NGX_HTTP_RATELIMIT_POLICY_WINDOW_PASS;
@@ -279,6 +269,7 @@ ngx_http_ratelimit_policy_window_decide(ngx_http_ratelimit_policy_window_t *w,
 
         if (*slot < NGX_HTTP_RATELIMIT_POLICY_WINDOW_SLOT_MAX) {
             (*slot)++;
+            c->total++;
         }
 
         if (c->daily != UINT32_MAX) {
@@ -290,10 +281,56 @@ ngx_http_ratelimit_policy_window_decide(ngx_http_ratelimit_policy_window_t *w,
         }
 
         w->inflight++;
+    }
 
-        sum = ngx_http_ratelimit_policy_window_minute(c, mono,
-                                                      lim->per_minute,
-                                                      &retry, &reset);
+    /* when the windows reset, after the commit */
+
+    sum = ngx_http_ratelimit_policy_window_minute(c, mono, lim->per_minute,
+                                                  &retry, &reset);
+
+    if (minute_full && (int64_t) sum < lim->per_minute) {
+        /* this second's count is saturated: the next second will do */
+        retry = ngx_http_ratelimit_policy_window_wait(c, mono, 1);
+    }
+
+    dreset = (int64_t) (c->day + 1) * NGX_HTTP_RATELIMIT_POLICY_WINDOW_DAY
+             - wall;
+
+    if (dreset < 1) {
+        dreset = 1;
+    }
+
+    /* a retry is never told to come before an exhausted window resets */
+
+    floor = minute_full ? retry : 0;
+
+    if (day_full) {
+        floor = ngx_http_ratelimit_policy_window_max(floor, dreset);
+    }
+
+    res->protection_started = 0;
+
+    switch (res->verdict) {
+
+    case NGX_HTTP_RATELIMIT_POLICY_WINDOW_PASS:
+        res->retry_after = 0;
+        break;
+
+    case NGX_HTTP_RATELIMIT_POLICY_WINDOW_PROTECTION:
+        res->retry_after = ngx_http_ratelimit_policy_window_max(
+                               (int64_t) ((w->protect_until - mono + 999)
+                                          / 1000),
+                               floor);
+        break;
+
+    case NGX_HTTP_RATELIMIT_POLICY_WINDOW_CONCURRENCY:
+        res->retry_after = ngx_http_ratelimit_policy_window_max(1, floor);
+        break;
+
+    default: /* MINUTE, DAILY */
+        res->retry_after = floor;
+        ngx_http_ratelimit_policy_window_protect(w, lim, mono, res);
+        break;
     }
 
     if (res->retry_after < 1 && res->verdict) {

@@ -38,11 +38,11 @@
 
 
 /*
- * One class of one instance: 152 bytes.
+ * One class of one instance: 156 bytes.
  *
  * The minute window is a ring of 60 per-second admission counts on the
  * monotonic clock: slot[s % 60] holds second s for the 60 seconds up to
- * "sec".  A request in second t is admitted when the 60 seconds t-59..t
+ * "sec", and "total" their sum.  A request in second t is admitted when the 60 seconds t-59..t
  * hold fewer admissions than the limit, so no 60-second window ever holds
  * more, and nothing that fits is refused.  The seconds start "phase"
  * milliseconds into a second of the clock: the first admission into an
@@ -64,6 +64,7 @@ typedef struct {
     uint32_t                      pending;
     uint32_t                      sending;
     uint32_t                      carry;
+    uint32_t                      total;
     uint16_t                      day;
     uint16_t                      sending_day;
     uint16_t                      carry_day;
@@ -72,7 +73,7 @@ typedef struct {
 } ngx_http_ratelimit_policy_window_class_t;
 
 
-/* one instance: 472 bytes */
+/* one instance: 480 bytes */
 
 typedef struct {
     ngx_http_ratelimit_policy_window_class_t

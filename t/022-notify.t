@@ -181,7 +181,7 @@ sub node_b_start {
 
     open my $out, '>', "$root/conf/nginx.conf" or die "$root: $!";
     print $out <<"_EOC_";
-load_module $RLP::ModulePath;
+$RLP::LoadModule
 $user
 worker_processes 1;
 daemon off;

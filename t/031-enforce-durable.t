@@ -109,7 +109,7 @@ sub node2_start {
     mkdir "$Node2Dir/conf";
     open my $out, '>', "$Node2Dir/conf/nginx.conf" or die $!;
     print $out <<"_EOC_";
-load_module $RLP::ModulePath;
+$RLP::LoadModule
 master_process on;
 worker_processes 1;
 daemon on;
@@ -131,7 +131,8 @@ http {
 }
 _EOC_
     close $out;
-    system('nginx', '-p', "$Node2Dir/", '-c', 'conf/nginx.conf') == 0
+    system($ENV{TEST_NGINX_BINARY} || 'nginx', '-p', "$Node2Dir/",
+           '-c', 'conf/nginx.conf') == 0
         or die "node 2 did not start\n";
     wait_until(5, sub { -s "$Node2Dir/logs/nginx.pid" })
         or die "node 2 wrote no pid file\n";

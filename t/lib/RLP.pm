@@ -71,6 +71,19 @@ A test file may change C<$RLP::HttpConfig> before C<run_tests()>.
 
 =back
 
+=head1 AN NGINX WITH THE MODULE COMPILED IN: TEST_NGINX_RLP_BUILTIN
+
+    TEST_NGINX_BINARY=/path/to/nginx TEST_NGINX_RLP_BUILTIN=1 util/test
+
+When C<TEST_NGINX_RLP_BUILTIN> is true the nginx under test
+(C<TEST_NGINX_BINARY>) was built with C<--add-module> of this module (as
+F<util/asan> builds it): no C<load_module> is added to any block, and a
+C<load_module> of F<ngx_http_ratelimit_policy_module.so> written in a
+block's C<--- main_config> is removed.  C<$RLP::LoadModule> is the line a
+test file puts in an nginx.conf it writes itself (a second node):
+C<load_module $RLP::ModulePath;>, or empty in this mode; such a file
+starts C<$ENV{TEST_NGINX_BINARY}>, not the C<nginx> on C<PATH>.
+
 =head1 DATABASE STATE AFTER THE REQUESTS: --- db_check
 
     --- db_check
@@ -120,7 +133,7 @@ use File::Spec ();
 use IPC::Run ();
 use Time::HiRes ();
 
-our ($Root, $ModulePath, $Runner);
+our ($Root, $ModulePath, $Runner, $Builtin, $LoadModule);
 
 BEGIN {
     $Root = Cwd::abs_path(File::Spec->catdir(
@@ -144,6 +157,9 @@ BEGIN {
     }
 
     $ModulePath //= "$Root/build/ngx_http_ratelimit_policy_module.so";
+
+    $Builtin = $ENV{TEST_NGINX_RLP_BUILTIN} ? 1 : 0;
+    $LoadModule = $Builtin ? '' : "load_module $ModulePath;";
 
     if ($ENV{TEST_NGINX_USE_COMPAT}
         || !eval { require Test::Nginx::Socket; 1 })
@@ -191,7 +207,12 @@ add_block_preprocessor(sub {
     return if defined $block->no_module;
 
     my $main = $block->main_config // '';
-    if ($main !~ /^\s*load_module\s+\S*ngx_http_ratelimit_policy_module\.so/m) {
+    if ($Builtin) {
+        $main =~ s/^\s*load_module\s+\S*ngx_http_ratelimit_policy_module\.so
+                   \s*;[ \t]*\n?//mgx;
+        $block->set_value(main_config => $main);
+
+    } elsif ($main !~ /^\s*load_module\s+\S*ngx_http_ratelimit_policy_module\.so/m) {
         if (!-f $ModulePath) {
             bail_out("$0 $name - $ModulePath does not exist: build the module"
                      . " with `make` (a block that does not need it can say"
@@ -292,6 +313,9 @@ sub _run {
     my ($out, $err) = ('', '');
 
     local $ENV{PGCONNECT_TIMEOUT} = $ENV{PGCONNECT_TIMEOUT} || 5;
+
+    # psql may exit before reading its input (the server is down)
+    local $SIG{PIPE} = 'IGNORE';
 
     my $ok = eval {
         IPC::Run::run($cmd, \($stdin // ''), \$out, \$err,

@@ -896,7 +896,7 @@ main(int argc, char **argv)
     printf("window_test: seed %u, %u random sequences, %zu bytes per "
            "instance\n", seed, trials, sizeof(window_t));
 
-    check(sizeof(ngx_http_ratelimit_policy_window_class_t) == 152,
+    check(sizeof(ngx_http_ratelimit_policy_window_class_t) == 156,
           "class counters are %zu bytes",
           sizeof(ngx_http_ratelimit_policy_window_class_t));
 
