@@ -175,10 +175,12 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_ctx_t *ctx, ngx_uint_t *status,
     const char **code, const char **message)
 {
-    u_char                                *p;
-    ngx_str_t                              instance, token;
-    ngx_uint_t                             i;
-    ngx_http_ratelimit_policy_loc_conf_t  *rpcf;
+    u_char                                 *p;
+    ngx_str_t                               instance, token;
+    ngx_uint_t                              i;
+    ngx_http_ratelimit_policy_shctx_t      *shctx;
+    ngx_http_ratelimit_policy_loc_conf_t   *rpcf;
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
 
     rpcf = ngx_http_get_module_loc_conf(r, ngx_http_ratelimit_policy_module);
 
@@ -247,8 +249,19 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
 
     ngx_memcpy(ctx->lookup.instance, instance.data, instance.len);
 
-    ngx_http_ratelimit_policy_sha256(ctx->lookup.digest, token.data,
-                                     token.len);
+    /*
+     * the SHA-256 digest waits until a miss or a new token needs it; a
+     * token already verified for this entry is known by its keyed hash
+     */
+
+    rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
+    shctx = rpmcf->shm_zone->data;
+
+    ctx->lookup.token = token;
+    ctx->lookup.digest_ready = 0;
+
+    ngx_http_ratelimit_policy_siphash128(ctx->lookup.verifier, shctx->sh->key,
+                                         token.data, token.len);
 
     return NGX_OK;
 
@@ -360,9 +373,22 @@ ngx_http_ratelimit_policy_authorize(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    if (!ngx_http_ratelimit_policy_digest_equal(lk->digest, lk->stored_digest,
-                                          NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN))
+    rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
+
+    if (ngx_http_ratelimit_policy_digest_equal(lk->verifier, lk->node_verifier,
+                                        NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN))
     {
+        /* this very token matched the entry's digest before */
+
+    } else if (ngx_http_ratelimit_policy_digest_equal(
+                   ngx_http_ratelimit_policy_lookup_digest(lk),
+                   lk->stored_digest, NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN))
+    {
+        if (!lk->stale) {
+            ngx_http_ratelimit_policy_cache_verified(rpmcf->shm_zone, lk);
+        }
+
+    } else {
         *status = NGX_HTTP_UNAUTHORIZED;
         *code = "invalid_token";
         *message = "the access token is not valid for this instance";

@@ -20,6 +20,7 @@
 #include <ngx_http.h>
 #include "ngx_http_ratelimit_policy_cache.h"
 #include "ngx_http_ratelimit_policy_json.h"
+#include "ngx_http_ratelimit_policy_sha256.h"
 #include "ngx_http_ratelimit_policy_usage.h"
 
 
@@ -407,7 +408,7 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
 
         tn = ngx_http_ratelimit_policy_shm_lookup(ctx,
                                        NGX_HTTP_RATELIMIT_POLICY_NODE_TOKEN,
-                                       lk->digest,
+                               ngx_http_ratelimit_policy_lookup_digest(lk),
                                        NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
 
         if (tn != NULL && ngx_http_ratelimit_policy_fresh(ctx, tn)) {
@@ -437,7 +438,7 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
         } else {
             tn = ngx_http_ratelimit_policy_shm_lookup(ctx,
                                        NGX_HTTP_RATELIMIT_POLICY_NODE_TOKEN,
-                                       lk->digest,
+                               ngx_http_ratelimit_policy_lookup_digest(lk),
                                        NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
             if (tn != NULL) {
                 lk->token_known = tn->token_known;
@@ -511,7 +512,8 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
 
     ngx_memcpy(pd->instance, lk->instance,
                NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
-    ngx_memcpy(pd->digest, lk->digest, NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
+    ngx_memcpy(pd->digest, ngx_http_ratelimit_policy_lookup_digest(lk),
+               NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
 
     ngx_queue_init(&pd->waiters);
 
@@ -578,7 +580,7 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
                && node->state == NGX_HTTP_RATELIMIT_POLICY_STATE_MISSING
                && (tn = ngx_http_ratelimit_policy_shm_lookup(ctx,
                                        NGX_HTTP_RATELIMIT_POLICY_NODE_TOKEN,
-                                       lk->digest,
+                               ngx_http_ratelimit_policy_lookup_digest(lk),
                                        NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN))
                   != NULL)
     {
@@ -717,7 +719,8 @@ ngx_http_ratelimit_policy_entitlement_loaded(
         if (row.db_rc == NGX_HTTP_RATELIMIT_POLICY_PG_OK || row.stale) {
 
             if (row.state == NGX_HTTP_RATELIMIT_POLICY_STATE_MISSING
-                && ngx_memcmp(lk->digest, pd->digest,
+                && ngx_memcmp(ngx_http_ratelimit_policy_lookup_digest(lk),
+                              pd->digest,
                               NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN) != 0)
             {
                 /* whether its own token is known is another question */
@@ -885,6 +888,8 @@ ngx_http_ratelimit_policy_copy_node(ngx_http_ratelimit_policy_lookup_t *lk,
     lk->account_id = node->account_id;
     ngx_memcpy(lk->stored_digest, node->digest,
                NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
+    ngx_memcpy(lk->node_verifier, node->verifier,
+               NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN);
     lk->has_active_plan = node->has_active_plan;
     lk->has_slug = node->has_slug;
     lk->slug_len = node->slug_len;
@@ -900,6 +905,9 @@ ngx_http_ratelimit_policy_store_node(ngx_http_ratelimit_policy_node_t *node,
     node->account_id = row->account_id;
     ngx_memcpy(node->digest, row->stored_digest,
                NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN);
+
+    /* the token may have changed: verify it again */
+    ngx_memzero(node->verifier, NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN);
     node->has_active_plan = (u_char) row->has_active_plan;
     node->has_slug = (u_char) row->has_slug;
     node->slug_len = (u_char) row->slug_len;
@@ -1183,4 +1191,48 @@ ngx_http_ratelimit_policy_resolve_cancel(ngx_http_ratelimit_policy_lookup_t *lk)
     if (lk->poll.timer_set) {
         ngx_del_timer(&lk->poll);
     }
+}
+
+
+u_char *
+ngx_http_ratelimit_policy_lookup_digest(ngx_http_ratelimit_policy_lookup_t *lk)
+{
+    if (!lk->digest_ready) {
+        ngx_http_ratelimit_policy_sha256(lk->digest, lk->token.data,
+                                         lk->token.len);
+        lk->digest_ready = 1;
+    }
+
+    return lk->digest;
+}
+
+
+void
+ngx_http_ratelimit_policy_cache_verified(ngx_shm_zone_t *zone,
+    ngx_http_ratelimit_policy_lookup_t *lk)
+{
+    ngx_http_ratelimit_policy_node_t   *node;
+    ngx_http_ratelimit_policy_shctx_t  *ctx;
+
+    ctx = zone->data;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    node = ngx_http_ratelimit_policy_shm_lookup(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
+                                       lk->instance,
+                                       NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+
+    /* only if the entry still holds the digest the token was checked with */
+
+    if (node != NULL
+        && node->state == NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND
+        && ngx_memcmp(node->digest, lk->stored_digest,
+                      NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN) == 0)
+    {
+        ngx_memcpy(node->verifier, lk->verifier,
+                   NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN);
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
 }

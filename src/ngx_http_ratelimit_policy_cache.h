@@ -56,7 +56,17 @@ typedef struct {
 typedef struct {
     u_char                        instance[
                                        NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN];
+
+    /*
+     * the token, its keyed hash, and its SHA-256 digest, computed only
+     * when needed: ngx_http_ratelimit_policy_lookup_digest()
+     */
+    ngx_str_t                     token;
+    u_char                        verifier[
+                                       NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN];
     u_char                        digest[NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN];
+    u_char                        node_verifier[
+                                       NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN];
 
     ngx_uint_t                    state;        /* FOUND or MISSING */
     ngx_uint_t                    token_known;
@@ -86,6 +96,7 @@ typedef struct {
     ngx_queue_t                   queue;
     unsigned                      waiting:1;
     unsigned                      stale_catalog:1;
+    unsigned                      digest_ready:1;
 } ngx_http_ratelimit_policy_lookup_t;
 
 
@@ -99,6 +110,14 @@ ngx_int_t ngx_http_ratelimit_policy_resolve(ngx_http_request_t *r,
 
 /* the request goes away: forget a lookup it waits for */
 void ngx_http_ratelimit_policy_resolve_cancel(
+    ngx_http_ratelimit_policy_lookup_t *lk);
+
+/* the token's SHA-256 digest, computed on first use */
+u_char *ngx_http_ratelimit_policy_lookup_digest(
+    ngx_http_ratelimit_policy_lookup_t *lk);
+
+/* the token matched the entry's digest: remember its keyed hash */
+void ngx_http_ratelimit_policy_cache_verified(ngx_shm_zone_t *zone,
     ngx_http_ratelimit_policy_lookup_t *lk);
 
 ngx_http_ratelimit_policy_policy_t *ngx_http_ratelimit_policy_catalog_find(

@@ -21,6 +21,18 @@
 #define G1(x)  (ROTR(x, 17) ^ ROTR(x, 19) ^ ((x) >> 10))
 
 
+#define ROTL64(x, b)  (uint64_t) (((x) << (b)) | ((x) >> (64 - (b))))
+
+#define SIPROUND                                                             \
+    do {                                                                     \
+        v0 += v1; v1 = ROTL64(v1, 13); v1 ^= v0; v0 = ROTL64(v0, 32);        \
+        v2 += v3; v3 = ROTL64(v3, 16); v3 ^= v2;                             \
+        v0 += v3; v3 = ROTL64(v3, 21); v3 ^= v0;                             \
+        v2 += v1; v1 = ROTL64(v1, 17); v1 ^= v2; v2 = ROTL64(v2, 32);        \
+    } while (0)
+
+
+static uint64_t ngx_http_ratelimit_policy_le64(const u_char *p);
 static void ngx_http_ratelimit_policy_sha256_block(
     ngx_http_ratelimit_policy_sha256_t *ctx, const u_char *p);
 
@@ -209,4 +221,75 @@ ngx_http_ratelimit_policy_sha256_block(ngx_http_ratelimit_policy_sha256_t *ctx,
     ctx->state[5] += f;
     ctx->state[6] += g;
     ctx->state[7] += h;
+}
+
+
+void
+ngx_http_ratelimit_policy_siphash128(u_char out[16], const u_char key[16],
+    const u_char *data, size_t len)
+{
+    size_t      left;
+    uint64_t    k0, k1, v0, v1, v2, v3, m, b;
+    ngx_uint_t  i;
+
+    k0 = ngx_http_ratelimit_policy_le64(key);
+    k1 = ngx_http_ratelimit_policy_le64(key + 8);
+
+    v0 = k0 ^ 0x736f6d6570736575ULL;
+    v1 = k1 ^ 0x646f72616e646f6dULL ^ 0xee;
+    v2 = k0 ^ 0x6c7967656e657261ULL;
+    v3 = k1 ^ 0x7465646279746573ULL;
+
+    b = (uint64_t) len << 56;
+
+    for (left = len; left >= 8; left -= 8, data += 8) {
+        m = ngx_http_ratelimit_policy_le64(data);
+        v3 ^= m;
+        SIPROUND;
+        SIPROUND;
+        v0 ^= m;
+    }
+
+    for (i = 0; i < left; i++) {
+        b |= (uint64_t) data[i] << (8 * i);
+    }
+
+    v3 ^= b;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= b;
+
+    v2 ^= 0xee;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+
+    b = v0 ^ v1 ^ v2 ^ v3;
+
+    for (i = 0; i < 8; i++) {
+        out[i] = (u_char) (b >> (8 * i));
+    }
+
+    v1 ^= 0xdd;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+
+    b = v0 ^ v1 ^ v2 ^ v3;
+
+    for (i = 0; i < 8; i++) {
+        out[8 + i] = (u_char) (b >> (8 * i));
+    }
+}
+
+
+static uint64_t
+ngx_http_ratelimit_policy_le64(const u_char *p)
+{
+    return (uint64_t) p[0] | ((uint64_t) p[1] << 8) | ((uint64_t) p[2] << 16)
+           | ((uint64_t) p[3] << 24) | ((uint64_t) p[4] << 32)
+           | ((uint64_t) p[5] << 40) | ((uint64_t) p[6] << 48)
+           | ((uint64_t) p[7] << 56);
 }

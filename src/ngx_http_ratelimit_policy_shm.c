@@ -21,6 +21,8 @@ static void ngx_http_ratelimit_policy_rbtree_insert_value(
     ngx_rbtree_node_t *sentinel);
 static ngx_int_t ngx_http_ratelimit_policy_node_cmp(
     ngx_http_ratelimit_policy_node_t *a, ngx_http_ratelimit_policy_node_t *b);
+static void ngx_http_ratelimit_policy_shm_random_key(u_char *key, size_t len,
+    ngx_log_t *log);
 static ngx_uint_t ngx_http_ratelimit_policy_evict(
     ngx_http_ratelimit_policy_shctx_t *ctx);
 
@@ -81,6 +83,10 @@ ngx_http_ratelimit_policy_shm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ctx->sh->epoch = 1;
     ctx->sh->magic = NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC;
+
+    ngx_http_ratelimit_policy_shm_random_key(ctx->sh->key,
+                                    NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN,
+                                    shm_zone->shm.log);
 
     len = sizeof(" in ratelimit_policy_zone \"\"") + shm_zone->shm.name.len;
 
@@ -306,4 +312,37 @@ ngx_http_ratelimit_policy_evict(ngx_http_ratelimit_policy_shctx_t *ctx)
     }
 
     return n;
+}
+
+
+/* in the master, when the zone is made */
+
+static void
+ngx_http_ratelimit_policy_shm_random_key(u_char *key, size_t len,
+    ngx_log_t *log)
+{
+    ssize_t     n;
+    ngx_fd_t    fd;
+    ngx_uint_t  i;
+
+    n = 0;
+
+    fd = ngx_open_file("/dev/urandom", NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd != NGX_INVALID_FILE) {
+        n = ngx_read_fd(fd, key, len);
+        ngx_close_file(fd);
+    }
+
+    if (n == (ssize_t) len) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, log, ngx_errno,
+                  "ratelimit_policy: could not read /dev/urandom, "
+                  "the token verifier key is weaker");
+
+    for (i = 0; i < len; i++) {
+        key[i] = (u_char) (ngx_random() ^ (ngx_pid << (i % 8)) ^ ngx_time());
+    }
 }

@@ -15,7 +15,9 @@
 
 
 /* bump on any change of the structures below: reload refuses the zone */
-#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5003
+#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5004
+
+#define NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN  16
 
 #define NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE  1
 #define NGX_HTTP_RATELIMIT_POLICY_NODE_TOKEN     2
@@ -58,6 +60,10 @@ typedef struct {
     int64_t                       account_id;
     u_char                        digest[NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN];
     u_char                        slug[NGX_HTTP_RATELIMIT_POLICY_SLUG_MAX];
+
+    /* the keyed hash of a token that matched digest, or all zeroes */
+    u_char                        verifier[
+                                      NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN];
 
     u_char                        key[1];
 } ngx_http_ratelimit_policy_node_t;
@@ -120,6 +126,10 @@ typedef struct {
 
 typedef struct {
     ngx_uint_t                    magic;
+
+    /* the key of the token verifiers, random for each zone */
+    u_char                        key[NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN];
+
     ngx_rbtree_t                  rbtree;
     ngx_rbtree_node_t             sentinel;
     ngx_queue_t                   lru;
