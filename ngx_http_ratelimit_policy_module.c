@@ -866,6 +866,7 @@ ngx_http_ratelimit_policy_exit_process(ngx_cycle_t *cycle)
 
     if (rpmcf != NULL) {
         ngx_http_ratelimit_policy_pg_exit_process(cycle, rpmcf);
+        ngx_http_ratelimit_policy_cache_exit_process(cycle);
     }
 
     ngx_http_ratelimit_policy_usage_exit_process(cycle);

@@ -22,8 +22,11 @@ static ngx_int_t ngx_http_ratelimit_policy_api_respond(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_ctx_t *ctx);
 static ngx_int_t ngx_http_ratelimit_policy_api_document(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_ctx_t *ctx, const char *message);
+static void ngx_http_ratelimit_policy_args(ngx_http_request_t *r,
+    ngx_str_t *instance, ngx_str_t *token);
 static ngx_int_t ngx_http_ratelimit_policy_get_token(ngx_http_request_t *r,
-    ngx_http_ratelimit_policy_loc_conf_t *rpcf, ngx_str_t *token);
+    ngx_http_ratelimit_policy_loc_conf_t *rpcf, ngx_str_t *arg,
+    ngx_str_t *token);
 static ngx_int_t ngx_http_ratelimit_policy_add_header(ngx_http_request_t *r,
     const char *name, u_char *value, size_t len);
 static ngx_int_t ngx_http_ratelimit_policy_patch(ngx_http_request_t *r);
@@ -33,8 +36,6 @@ static ngx_int_t ngx_http_ratelimit_policy_patch_slug(ngx_http_request_t *r,
     const char **code, const char **message);
 static ngx_chain_t *ngx_http_ratelimit_policy_body_in_memory(
     ngx_http_request_t *r, ngx_chain_t *in, off_t size);
-static ngx_int_t ngx_http_ratelimit_policy_form_slug(ngx_http_request_t *r,
-    ngx_chain_t *in, ngx_str_t *slug, const char **message);
 static void ngx_http_ratelimit_policy_patch_resume(ngx_http_request_t *r);
 static ngx_int_t ngx_http_ratelimit_policy_patch_set(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_ctx_t *ctx);
@@ -176,7 +177,8 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
     const char **code, const char **message)
 {
     u_char                                 *p;
-    ngx_str_t                               instance, token;
+    ngx_str_t                               instance, token, arg_instance,
+                                            arg_token;
     ngx_uint_t                              i;
     ngx_http_ratelimit_policy_shctx_t      *shctx;
     ngx_http_ratelimit_policy_loc_conf_t   *rpcf;
@@ -196,15 +198,15 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
+    ngx_http_ratelimit_policy_args(r, &arg_instance, &arg_token);
+
     if (rpcf->instance) {
         if (ngx_http_complex_value(r, rpcf->instance, &instance) != NGX_OK) {
             return NGX_ERROR;
         }
 
-    } else if (ngx_http_arg(r, (u_char *) "instance_id", 11, &instance)
-               != NGX_OK)
-    {
-        instance.len = 0;
+    } else {
+        instance = arg_instance;
     }
 
     *status = NGX_HTTP_BAD_REQUEST;
@@ -229,7 +231,9 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
         }
     }
 
-    if (ngx_http_ratelimit_policy_get_token(r, rpcf, &token) != NGX_OK) {
+    if (ngx_http_ratelimit_policy_get_token(r, rpcf, &arg_token, &token)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -274,30 +278,97 @@ invalid:
 }
 
 
+/*
+ * the first "instance_id" and "access_token" arguments, found as
+ * ngx_http_arg() finds them (the name case-insensitive, at the start of an
+ * argument, then "="), in one pass over the arguments; len 0 and data NULL
+ * when there is none
+ */
+
+static void
+ngx_http_ratelimit_policy_args(ngx_http_request_t *r, ngx_str_t *instance,
+    ngx_str_t *token)
+{
+    u_char  *p, *q, *last;
+
+    ngx_str_null(instance);
+    ngx_str_null(token);
+
+    if (r->args.len == 0) {
+        /* no query string: r->args.data may be NULL, and NULL + 0 is UB */
+        return;
+    }
+
+    p = r->args.data;
+    last = p + r->args.len;
+
+    for ( /* void */ ; p < last; p = q + 1) {
+
+        q = ngx_strlchr(p, last, '&');
+        if (q == NULL) {
+            q = last;
+        }
+
+        switch (*p | 0x20) {
+
+        case 'i':
+            if (instance->data == NULL
+                && q - p > (ssize_t) sizeof("instance_id") - 1
+                && p[sizeof("instance_id") - 1] == '='
+                && ngx_strncasecmp(p, (u_char *) "instance_id",
+                                   sizeof("instance_id") - 1) == 0)
+            {
+                instance->data = p + sizeof("instance_id=") - 1;
+                instance->len = q - instance->data;
+            }
+
+            break;
+
+        case 'a':
+            if (token->data == NULL
+                && q - p > (ssize_t) sizeof("access_token") - 1
+                && p[sizeof("access_token") - 1] == '='
+                && ngx_strncasecmp(p, (u_char *) "access_token",
+                                   sizeof("access_token") - 1) == 0)
+            {
+                token->data = p + sizeof("access_token=") - 1;
+                token->len = q - token->data;
+            }
+
+            break;
+        }
+
+        if (instance->data && token->data) {
+            break;
+        }
+    }
+}
+
+
+/* arg: the access_token argument, see ngx_http_ratelimit_policy_args() */
+
 static ngx_int_t
 ngx_http_ratelimit_policy_get_token(ngx_http_request_t *r,
-    ngx_http_ratelimit_policy_loc_conf_t *rpcf, ngx_str_t *token)
+    ngx_http_ratelimit_policy_loc_conf_t *rpcf, ngx_str_t *arg,
+    ngx_str_t *token)
 {
     u_char           *src, *dst;
-    ngx_str_t         arg;
     ngx_table_elt_t  *h;
 
     if (rpcf->token) {
         return ngx_http_complex_value(r, rpcf->token, token);
     }
 
-    if (ngx_http_arg(r, (u_char *) "access_token", 12, &arg) == NGX_OK
-        && arg.len)
-    {
-        token->data = ngx_pnalloc(r->pool, arg.len);
+    if (arg->len) {
+        token->data = ngx_pnalloc(r->pool, arg->len);
         if (token->data == NULL) {
             return NGX_ERROR;
         }
 
-        src = arg.data;
+        src = arg->data;
         dst = token->data;
 
-        ngx_unescape_uri(&dst, &src, arg.len, 0);
+        ngx_unescape_uri(&dst, &src, arg->len, 0);
 
         token->len = dst - token->data;
 
@@ -844,8 +915,8 @@ ngx_http_ratelimit_policy_patch_slug(ngx_http_request_t *r,
                               sizeof("application/x-www-form-urlencoded") - 1)
                       == 0)
         {
-            rc = ngx_http_ratelimit_policy_form_slug(r, body, &body_slug,
-                                                     message);
+            rc = ngx_http_ratelimit_policy_form_slug(r->pool, body,
+                                                     &body_slug, message);
 
         } else {
             *status = NGX_HTTP_UNSUPPORTED_MEDIA_TYPE;
@@ -951,8 +1022,8 @@ ngx_http_ratelimit_policy_body_in_memory(ngx_http_request_t *r,
 }
 
 
-static ngx_int_t
-ngx_http_ratelimit_policy_form_slug(ngx_http_request_t *r, ngx_chain_t *in,
+ngx_int_t
+ngx_http_ratelimit_policy_form_slug(ngx_pool_t *pool, ngx_chain_t *in,
     ngx_str_t *slug, const char **message)
 {
     u_char       *body, *p, *last, *name, *value, *end, *src, *dst;
@@ -965,7 +1036,7 @@ ngx_http_ratelimit_policy_form_slug(ngx_http_request_t *r, ngx_chain_t *in,
         len += cl->buf->last - cl->buf->pos;
     }
 
-    body = ngx_pnalloc(r->pool, len);
+    body = ngx_pnalloc(pool, len);
     if (body == NULL) {
         return NGX_ERROR;
     }
@@ -1008,7 +1079,7 @@ ngx_http_ratelimit_policy_form_slug(ngx_http_request_t *r, ngx_chain_t *in,
 
         value++;
 
-        slug->data = ngx_pnalloc(r->pool, end - value + 1);
+        slug->data = ngx_pnalloc(pool, end - value + 1);
         if (slug->data == NULL) {
             return NGX_ERROR;
         }

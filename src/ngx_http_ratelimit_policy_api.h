@@ -52,5 +52,13 @@ ngx_int_t ngx_http_ratelimit_policy_send_error(ngx_http_request_t *r,
 ngx_int_t ngx_http_ratelimit_policy_send_json(ngx_http_request_t *r,
     ngx_uint_t status, ngx_chain_t *out, size_t len);
 
+/*
+ * A PATCH form body (application/x-www-form-urlencoded): NGX_OK with *slug
+ * the percent-decoded, NUL-terminated policy_slug (len 0 when absent);
+ * NGX_DECLINED when it is there twice (*message says so).
+ */
+ngx_int_t ngx_http_ratelimit_policy_form_slug(ngx_pool_t *pool,
+    ngx_chain_t *in, ngx_str_t *slug, const char **message);
+
 
 #endif /* _NGX_HTTP_RATELIMIT_POLICY_API_H_INCLUDED_ */

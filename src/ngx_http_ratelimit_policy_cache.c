@@ -114,6 +114,24 @@ ngx_http_ratelimit_policy_cache_init_process(ngx_cycle_t *cycle,
 }
 
 
+void
+ngx_http_ratelimit_policy_cache_exit_process(ngx_cycle_t *cycle)
+{
+    /*
+     * this worker's copy of the catalogue (a request that still holds it
+     * frees it with its pool); only the module's static variable points to
+     * it, and nginx unloads a dynamic module at exit
+     */
+
+    if (ngx_http_ratelimit_policy_local) {
+        ngx_http_ratelimit_policy_catalog_release(
+                                             ngx_http_ratelimit_policy_local);
+        ngx_http_ratelimit_policy_local = NULL;
+        ngx_http_ratelimit_policy_gen = 0;
+    }
+}
+
+
 ngx_int_t
 ngx_http_ratelimit_policy_resolve(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_lookup_t *lk)

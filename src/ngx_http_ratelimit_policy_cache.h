@@ -133,6 +133,7 @@ void ngx_http_ratelimit_policy_invalidate(ngx_shm_zone_t *zone,
 
 ngx_int_t ngx_http_ratelimit_policy_cache_init_process(ngx_cycle_t *cycle,
     ngx_http_ratelimit_policy_main_conf_t *rpmcf);
+void ngx_http_ratelimit_policy_cache_exit_process(ngx_cycle_t *cycle);
 
 
 #endif /* _NGX_HTTP_RATELIMIT_POLICY_CACHE_H_INCLUDED_ */

@@ -1041,6 +1041,14 @@ ngx_http_ratelimit_policy_pg_done(ngx_http_ratelimit_policy_pg_conn_t *pc,
         ngx_http_ratelimit_policy_pg_close(pc);
     }
 
+    /*
+     * the next waiting query goes out before this one's handler runs (it
+     * may render and send a whole response meanwhile), so the server
+     * works while the worker does
+     */
+
+    ngx_http_ratelimit_policy_pg_dispatch(pg);
+
     if (q != NULL) {
         q->conn = NULL;
         ngx_http_ratelimit_policy_pg_complete(q, rc, res);

@@ -283,10 +283,20 @@ ngx_http_ratelimit_policy_window_decide(ngx_http_ratelimit_policy_window_t *w,
         w->inflight++;
     }
 
-    /* when the windows reset, after the commit */
+    /*
+     * when the windows reset, after the commit; an unlimited minute has
+     * nothing to tell (and the ring was advanced above): no scan
+     */
 
-    sum = ngx_http_ratelimit_policy_window_minute(c, mono, lim->per_minute,
-                                                  &retry, &reset);
+    if (lim->per_minute >= 0) {
+        sum = ngx_http_ratelimit_policy_window_minute(c, mono, lim->per_minute,
+                                                      &retry, &reset);
+
+    } else {
+        sum = c->total;
+        retry = 0;
+        reset = 0;
+    }
 
     if (minute_full && (int64_t) sum < lim->per_minute) {
         /* this second's count is saturated: the next second will do */
