@@ -185,14 +185,14 @@ static ngx_http_module_t  ngx_http_ratelimit_policy_module_ctx = {
     ngx_http_ratelimit_policy_preconfiguration,   /* preconfiguration */
     ngx_http_ratelimit_policy_postconfiguration,  /* postconfiguration */
 
-    ngx_http_ratelimit_policy_create_main_conf,   /* create main configuration */
+    ngx_http_ratelimit_policy_create_main_conf,   /* create main conf */
     ngx_http_ratelimit_policy_init_main_conf,     /* init main configuration */
 
-    NULL,                                         /* create server configuration */
-    NULL,                                         /* merge server configuration */
+    NULL,                                         /* create server conf */
+    NULL,                                         /* merge server conf */
 
-    ngx_http_ratelimit_policy_create_loc_conf,    /* create location configuration */
-    ngx_http_ratelimit_policy_merge_loc_conf      /* merge location configuration */
+    ngx_http_ratelimit_policy_create_loc_conf,    /* create location conf */
+    ngx_http_ratelimit_policy_merge_loc_conf      /* merge location conf */
 };
 
 

@@ -91,7 +91,8 @@ static ngx_atomic_uint_t                       ngx_http_ratelimit_policy_gen;
 static ngx_http_ratelimit_policy_catalog_loader_t
                                             ngx_http_ratelimit_policy_loader;
 static ngx_rbtree_t                         ngx_http_ratelimit_policy_pending;
-static ngx_rbtree_node_t              ngx_http_ratelimit_policy_pending_sentinel;
+static ngx_rbtree_node_t
+                                    ngx_http_ratelimit_policy_pending_sentinel;
 
 
 ngx_int_t
@@ -279,7 +280,8 @@ ngx_http_ratelimit_policy_catalog_ensure(ngx_http_ratelimit_policy_lookup_t *lk)
 
 
 static void
-ngx_http_ratelimit_policy_catalog_loaded(ngx_http_ratelimit_policy_pg_query_t *q)
+ngx_http_ratelimit_policy_catalog_loaded(
+    ngx_http_ratelimit_policy_pg_query_t *q)
 {
     u_char                                *p;
     ngx_msec_t                             now;
@@ -624,7 +626,7 @@ static void
 ngx_http_ratelimit_policy_entitlement_loaded(
     ngx_http_ratelimit_policy_pg_query_t *q)
 {
-    ngx_msec_t                              now;
+    ngx_msec_t                              now, ttl;
     ngx_queue_t                            *qq;
     ngx_http_ratelimit_policy_sh_t         *sh;
     ngx_http_ratelimit_policy_node_t       *node, *tn;
@@ -666,10 +668,10 @@ ngx_http_ratelimit_policy_entitlement_loaded(
     if (row.db_rc == NGX_HTTP_RATELIMIT_POLICY_PG_OK) {
 
         if (node != NULL && node->version == pd->version) {
-            ngx_http_ratelimit_policy_store_node(node, &row,
-                               row.state == NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND
-                               ? rpmcf->cache_ttl : rpmcf->negative_ttl,
-                               pd->epoch);
+            ttl = (row.state == NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND)
+                  ? rpmcf->cache_ttl : rpmcf->negative_ttl;
+
+            ngx_http_ratelimit_policy_store_node(node, &row, ttl, pd->epoch);
         }
 
         /* the daily counts of all nodes, whatever the entry's version */

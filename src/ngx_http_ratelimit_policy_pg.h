@@ -45,11 +45,11 @@ struct ngx_http_ratelimit_policy_pg_query_s {
     ngx_uint_t                                stmt;
     int                                       nparams;
     const char                               *values[
-                                         NGX_HTTP_RATELIMIT_POLICY_PG_MAX_PARAMS];
+                                       NGX_HTTP_RATELIMIT_POLICY_PG_MAX_PARAMS];
     int                                       lengths[
-                                         NGX_HTTP_RATELIMIT_POLICY_PG_MAX_PARAMS];
+                                       NGX_HTTP_RATELIMIT_POLICY_PG_MAX_PARAMS];
     int                                       formats[
-                                         NGX_HTTP_RATELIMIT_POLICY_PG_MAX_PARAMS];
+                                       NGX_HTTP_RATELIMIT_POLICY_PG_MAX_PARAMS];
 
     ngx_http_ratelimit_policy_pg_handler_pt   handler;
     void                                     *data;

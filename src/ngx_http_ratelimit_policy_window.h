@@ -42,12 +42,12 @@
  *
  * The minute window is a ring of 60 per-second admission counts on the
  * monotonic clock: slot[s % 60] holds second s for the 60 seconds up to
- * "sec", and "total" their sum.  A request in second t is admitted when the 60 seconds t-59..t
- * hold fewer admissions than the limit, so no 60-second window ever holds
- * more, and nothing that fits is refused.  The seconds start "phase"
- * milliseconds into a second of the clock: the first admission into an
- * empty window sets it, so that a burst after a pause gets its next
- * request no earlier than 60.000 s after its first.
+ * "sec", and "total" their sum.  A request in second t is admitted when
+ * the 60 seconds t-59..t hold fewer admissions than the limit, so no
+ * 60-second window ever holds more, and nothing that fits is refused.
+ * The seconds start "phase" milliseconds into a second of the clock: the
+ * first admission into an empty window sets it, so that a burst after a
+ * pause gets its next request no earlier than 60.000 s after its first.
  *
  * The day is the UTC calendar day (days since 1970-01-01) of the wall
  * clock.  "daily" is the best known count of all nodes for "day": what the
