@@ -673,6 +673,12 @@ system("(sleep 0.4; $ENV{TEST_NGINX_PG_BIN}/psql -X -q -d"
 
 
 === TEST 20: NOTIFY "*" while the catalogue is being loaded: the request gets the reloaded catalogue
+--- http_config
+    # the new connection's statements are prepared behind the 1 s lock:
+    # its connect timeout must outlast the lock, even on a busy machine
+    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" connect_timeout=10s;
+    ratelimit_policy_zone zone=ratelimit:8m;
+    ratelimit_policy_cache_ttl 60s negative=60s;
 --- init
 main::settle();
 # the catalogue query of the first request waits for this lock (1 s)
