@@ -6,8 +6,8 @@
  * reader hands it over: a chain of up to four buffers.
  *
  * Properties: NGX_OK or NGX_DECLINED (never NGX_ERROR: the pool does not
- * run out); on NGX_OK the slug is empty or NUL-terminated and the input
- * held it; on NGX_DECLINED an error message is set.
+ * run out); on NGX_OK the slug is empty or NUL-terminated; on
+ * NGX_DECLINED an error message is set.
  */
 
 
