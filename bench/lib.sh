@@ -491,23 +491,30 @@ cpu_per_request() {
                              c * 1e6 / hz / n }' "$T/cpu.tsv" 2>/dev/null
 }
 
-# What else ran on the machine: the CPU time of every process less that of
-# this run's own (this shell and what it waited for, nginx, PostgreSQL),
-# as a share of all CPUs.  noise_begin; ...; noise_end prints the percent.
-busy_ticks() {
-    awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat
+# What else ran on the machine: the CPU time of all processes at nice 0
+# (user + system) less that of this run's own (this shell and what it
+# waited for, nginx, PostgreSQL), the time of niced processes (which
+# mostly fill idle time), and the time the hypervisor gave to others
+# (steal), as shares of all CPUs.  noise_begin; ...; noise_end prints
+# "N% competing, N% niced, N% stolen".
+stat_ticks() {
+    awk '$1 == "cpu" { print $2 + $4, $3, $9; exit }' /proc/stat
 }
 mine_ticks() {
     echo $(( $(proc_ticks +c $$) + $(cpu_pg) + $(cpu_nginx) ))
 }
 noise_begin() {
-    N0_BUSY=$(busy_ticks); N0_MINE=$(mine_ticks); N0_T=$(date +%s.%N)
+    N0_STAT=$(stat_ticks); N0_MINE=$(mine_ticks); N0_T=$(date +%s.%N)
 }
 noise_end() {
-    local busy mine t
-    mine=$(mine_ticks); busy=$(busy_ticks); t=$(date +%s.%N)
-    awk -v b=$((busy - N0_BUSY)) -v m=$((mine - N0_MINE)) -v t0="$N0_T" \
+    local st mine t
+    mine=$(mine_ticks); st=$(stat_ticks); t=$(date +%s.%N)
+    awk -v s0="$N0_STAT" -v s1="$st" -v m=$((mine - N0_MINE)) -v t0="$N0_T" \
         -v t1="$t" -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" '
-        BEGIN { f = (b - m) / ((t1 - t0) * hz * n) * 100;
-                printf "%.1f\n", f < 0 ? 0 : f }'
+        BEGIN { split(s0, a, " "); split(s1, b, " ");
+                all = (t1 - t0) * hz * n;
+                f = (b[1] - a[1] - m) / all * 100;
+                printf "%.0f%% competing, %.0f%% niced, %.0f%% stolen\n",
+                       f < 0 ? 0 : f, (b[2] - a[2]) / all * 100,
+                       (b[3] - a[3]) / all * 100 }'
 }

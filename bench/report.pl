@@ -125,9 +125,9 @@ for my $f (@figures) {
 }
 
 # what else ran meanwhile, per phase (see noise_end in bench/lib.sh)
-$meta{foreign_cpu_percent} = {
-    map { (my $k = $_) =~ s/^foreign_cpu_percent_//; ($k => $notes{meta}{$_}) }
-    grep { /^foreign_cpu_percent_/ } keys %{ $notes{meta} || {} }
+$meta{other_cpu} = {
+    map { (my $k = $_) =~ s/^other_cpu_//; ($k => $notes{meta}{$_}) }
+    grep { /^other_cpu_/ } keys %{ $notes{meta} || {} }
 };
 $res->{meta} = \%meta;
 
@@ -153,9 +153,9 @@ printf "machine: %s x %s, %s; load average %s at the start, %s at the end\n",
        $meta{nproc} // '?', $meta{cpu} // '?', $meta{memory} // '?',
        $meta{loadavg_start} // '?', $meta{loadavg_end} // '?';
 
-my $f = $meta{foreign_cpu_percent};
+my $f = $meta{other_cpu};
 printf "other processes' share of the CPUs during each phase: %s\n",
-       join(', ', map { "$_ $f->{$_}%" } sort keys %$f) if %$f;
+       join('; ', map { "$_ $f->{$_}" } sort keys %$f) if %$f;
 
 exit($missed ? 2 : 0);
 

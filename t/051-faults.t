@@ -287,6 +287,7 @@ END {
     local ($?, $@);
     kill 'KILL', $EnginePid if $EnginePid;
     unlink $EngineLog if $EngineLog;
+    File::Path::remove_tree($NodeDir) if $NodeDir;
     eval { pg_ensure_up(); restore_schema(); reset_fixtures(); 1 };
 }
 
