@@ -25,6 +25,14 @@
 
 
 #define NGX_HTTP_RATELIMIT_POLICY_POLL       5
+
+/*
+ * An instance that does not exist answers 404 to a valid token and 401 to
+ * any other, and only the database knows which tokens are valid: tokens
+ * looked up for one unknown instance within negative_ttl, beyond which
+ * unknown tokens are answered 401 without a query.
+ */
+#define NGX_HTTP_RATELIMIT_POLICY_PROBES     8
 #define NGX_HTTP_RATELIMIT_POLICY_MAX_ROUNDS 4000
 
 
@@ -395,7 +403,7 @@ ngx_http_ratelimit_policy_catalog_loaded(
 static ngx_int_t
 ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
 {
-    ngx_uint_t                              rc, stale;
+    ngx_uint_t                              rc, stale, probe;
     ngx_msec_t                              now;
     ngx_http_ratelimit_policy_sh_t         *sh;
     ngx_http_ratelimit_policy_node_t       *node, *tn;
@@ -437,6 +445,25 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
             ngx_http_ratelimit_policy_stat(ctx, cache_negative_hits);
             return NGX_OK;
         }
+
+        /* a token never seen for an instance that does not exist */
+
+        if (now - node->probes_since >= rpmcf->negative_ttl) {
+            node->probes_since = now;
+            node->probes = 0;
+        }
+
+        if (node->probes >= NGX_HTTP_RATELIMIT_POLICY_PROBES) {
+            lk->token_known = 0;
+            ngx_shmtx_unlock(&ctx->shpool->mutex);
+            ngx_http_ratelimit_policy_stat(ctx, token_probes_refused);
+            return NGX_OK;
+        }
+
+        probe = 1;
+
+    } else {
+        probe = 0;
     }
 
     /*
@@ -517,6 +544,7 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
     if (node != NULL) {
         node->loading = now + rpmcf->query_timeout + 100;
         node->loader = ngx_pid;
+        node->probes += probe;
         pd->version = node->version;
 
     } else {

@@ -274,6 +274,14 @@ ngx_http_ratelimit_policy_metrics_render(ngx_http_request_t *r,
         NGX_HTTP_RATELIMIT_POLICY_METRICS_PREFIX "cache_stale_total %uA\n",
         st->cache_stale);
 
+    ngx_http_ratelimit_policy_metrics_family(m,
+        "token_probes_refused_total", "counter",
+        "Unknown tokens for an instance that does not exist answered 401 "
+        "without a query, the instance's lookups being spent.");
+    ngx_http_ratelimit_policy_metrics_printf(m,
+        NGX_HTTP_RATELIMIT_POLICY_METRICS_PREFIX
+        "token_probes_refused_total %uA\n", st->token_probes_refused);
+
     ngx_http_ratelimit_policy_metrics_db_out(m, st);
 
     ngx_http_ratelimit_policy_metrics_family(m, "db_pool_size", "gauge",

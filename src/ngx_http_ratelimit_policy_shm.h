@@ -15,7 +15,7 @@
 
 
 /* bump on any change of the structures below: reload refuses the zone */
-#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5004
+#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5005
 
 #define NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN  16
 
@@ -51,6 +51,11 @@ typedef struct {
     ngx_msec_t                    expires;
     ngx_msec_t                    loading;      /* loading until, or 0 */
     ngx_pid_t                     loader;
+
+    /* unknown instance: tokens looked up since probes_since, see cache.c */
+    uint32_t                      probes;
+    ngx_msec_t                    probes_since;
+
     ngx_uint_t                    version;      /* bumped by invalidation */
     ngx_uint_t                    epoch;
 
@@ -103,6 +108,7 @@ typedef struct {
     ngx_atomic_t                             cache_misses;
     ngx_atomic_t                             cache_negative_hits;
     ngx_atomic_t                             cache_stale;
+    ngx_atomic_t                             token_probes_refused;
     ngx_atomic_t                             evictions;
     ngx_atomic_t                             notifications;
 

@@ -33,6 +33,7 @@ our %Families = (
     cache_misses_total            => 'counter',
     cache_negative_hits_total     => 'counter',
     cache_stale_total             => 'counter',
+    token_probes_refused_total    => 'counter',
     db_queries_total              => 'counter',
     db_errors_total               => 'counter',
     db_timeouts_total             => 'counter',

@@ -192,8 +192,8 @@ END {
 
 # each block: its --- request (status + body) plus the Test::More checks
 # of its --- init (block: checks): 1: 5, 2: 5 (+1 db_check), 3: 4, 4: 5,
-# 5: 3, 6: 3, 7: 3, 8: 6, 9: 5, 10: 7
-plan tests => blocks() * 2 + 47;
+# 5: 3, 6: 3, 7: 8, 8: 6, 9: 5, 10: 7, 11: 4
+plan tests => blocks() * 2 + 56;
 
 no_shuffle();
 run_tests();
@@ -419,25 +419,40 @@ canary
 
 
 
-=== TEST 7: 10,000 distinct wrong tokens for an unknown instance: at most one query each
-The module asks the database once per distinct token to tell 404 (the
-token is valid) from 401, and remembers each unknown token in the zone:
-the cost grows with the number of distinct tokens (no retries, no
-amplification).  Measured: 10,000 requests, 10,001 queries (one per
-token, and the catalogue).
+=== TEST 7: 10,000 distinct wrong tokens for an unknown instance: a bounded number of queries
+Only the database knows whether a token is valid (404) or not (401) for
+an instance that does not exist: the module asks it for at most 8 tokens
+never seen before per unknown instance within negative_ttl, then answers
+401 to unknown tokens without a query.  A token already known to be valid
+keeps its 404.  Without the bound: 10,001 queries.
 --- http_config
     ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO";
     ratelimit_policy_zone zone=ratelimit:8m;
     ratelimit_policy_cache_ttl 60s negative=60s;
+--- config
+    location = /metrics {
+        ratelimit_policy_metrics;
+    }
 --- init
 reset_fixtures();
 wait_listener();
 pg_stat_reset();
-my $st = main::pipelined([ map { "$main::Api?instance_id=NOPE00000001&access_token=wrong-$_" } 1 .. 10000 ], 20);
+my $nope = "$main::Api?instance_id=NOPE00000001";
+Test::More::is(http_get("$nope&access_token=free-token-1001")->{status}, 404,
+               'TEST 7: a valid token, before: 404');
+my $st = main::pipelined([ map { "$nope&access_token=wrong-$_" } 1 .. 10000 ], 20);
 Test::More::is(main::counts($st), '401=10000', 'TEST 7: 10,000 x 401');
 my $q = main::module_queries();
-Test::More::cmp_ok($q, '<=', 10002, "TEST 7: $q database queries");
+Test::More::cmp_ok($q, '<=', 10, "TEST 7: $q database queries (the first lookup, 8 tokens, the catalogue)");
 Test::More::diag("TEST 7: 10,000 distinct wrong tokens cost $q queries");
+Test::More::is(http_get("$nope&access_token=free-token-1001")->{status}, 404,
+               'TEST 7: the valid token seen before: still 404');
+Test::More::is(http_get("$nope&access_token=paid-token-1002")->{status}, 401,
+               'TEST 7: a valid token never seen, lookups spent: 401');
+Test::More::is(main::module_queries(), $q, 'TEST 7: no query for either');
+my ($refused) = http_get('/metrics')->{body}
+    =~ /^nginx_ratelimit_policy_token_probes_refused_total (\d+)$/m;
+Test::More::cmp_ok($refused // 0, '>=', 9990, "TEST 7: token_probes_refused_total $refused");
 Test::More::ok(1, 'TEST 7: done');
 --- request
 GET /canary
@@ -556,6 +571,30 @@ my $ok = http_request(method => 'PATCH',
     path => "$main::Api?instance_id=FREE00000002&access_token=free-token-1001&policy_slug=standard_policy");
 Test::More::is($ok->{status}, 200, 'TEST 10: control: a valid PATCH');
 Test::More::ok(main::module_queries() >= 1, 'TEST 10: control: it reached the database');
+--- request
+GET /canary
+--- response_body
+canary
+
+
+
+=== TEST 11: once negative_ttl has passed, unknown tokens are looked up again
+--- http_config
+    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO";
+    ratelimit_policy_zone zone=ratelimit:8m;
+    ratelimit_policy_cache_ttl 60s negative=1s;
+--- init
+reset_fixtures();
+wait_listener();
+my $nope = "$main::Api?instance_id=NOPE00000002";
+my $st = main::pipelined([ map { "$nope&access_token=wrong-$_" } 1 .. 200 ], 4);
+Test::More::is(main::counts($st), '401=200', 'TEST 11: 200 x 401');
+Test::More::is(http_get("$nope&access_token=paid-token-1002")->{status}, 401,
+               'TEST 11: lookups spent: a valid token gets 401');
+Time::HiRes::sleep(1.2);
+Test::More::is(http_get("$nope&access_token=paid-token-1002")->{status}, 404,
+               'TEST 11: negative_ttl later: 404');
+Test::More::ok(1, 'TEST 11: done');
 --- request
 GET /canary
 --- response_body
