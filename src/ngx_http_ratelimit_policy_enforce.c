@@ -410,7 +410,7 @@ ngx_http_ratelimit_policy_enforce_decide(ngx_http_request_t *r,
     if (verdict == NGX_HTTP_RATELIMIT_POLICY_WINDOW_PASS) {
         ectx->counters = c;
         ectx->hold = ngx_http_ratelimit_policy_usage_hold(ctx, c);
-        ngx_http_ratelimit_policy_usage_dirty(ctx, c);
+        ngx_http_ratelimit_policy_usage_dirty(ctx, c, lim.daily >= 0);
     }
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);

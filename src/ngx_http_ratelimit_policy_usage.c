@@ -18,6 +18,10 @@
  * and sends it in one statement that adds it to ratelimit.daily_usage and
  * returns the new totals, which include what the other nodes wrote; they
  * become the counters' daily count.  A failed write puts the count back.
+ * Only a daily cap needs the other nodes' counts soon: counters admitted
+ * under no daily cap since they were last written wait in the lazy queue
+ * and are written once they have been dirty for 10 s (or on shutdown),
+ * which spares the database a row per busy instance every second.
  * A batch whose worker died or hung is taken over after query_timeout +
  * 1 s, its counts put back: written twice at worst, never lost.  On a
  * graceful shutdown a worker stays until it has tried a last write.
@@ -34,6 +38,7 @@
 
 #define NGX_HTTP_RATELIMIT_POLICY_USAGE_TICK       250
 #define NGX_HTTP_RATELIMIT_POLICY_USAGE_INTERVAL   1000
+#define NGX_HTTP_RATELIMIT_POLICY_USAGE_LAZY       10000
 #define NGX_HTTP_RATELIMIT_POLICY_USAGE_RECLAIM    20      /* ticks */
 #define NGX_HTTP_RATELIMIT_POLICY_USAGE_ROWS       8192
 #define NGX_HTTP_RATELIMIT_POLICY_USAGE_PROCS      256
@@ -65,6 +70,13 @@ typedef struct {
 static void ngx_http_ratelimit_policy_usage_tick(ngx_event_t *ev);
 static void ngx_http_ratelimit_policy_usage_arm(void);
 static void ngx_http_ratelimit_policy_usage_start(ngx_uint_t force);
+static ngx_uint_t ngx_http_ratelimit_policy_usage_due(
+    ngx_http_ratelimit_policy_usage_sh_t *u, ngx_msec_t now,
+    ngx_uint_t force);
+static void ngx_http_ratelimit_policy_usage_take(
+    ngx_http_ratelimit_policy_batch_t *b,
+    ngx_http_ratelimit_policy_usage_sh_t *u,
+    ngx_http_ratelimit_policy_counters_t *c, ngx_msec_t now);
 static ngx_int_t ngx_http_ratelimit_policy_usage_params(
     ngx_http_ratelimit_policy_batch_t *b);
 static void ngx_http_ratelimit_policy_usage_written(
@@ -141,6 +153,7 @@ ngx_http_ratelimit_policy_usage_init_process(ngx_cycle_t *cycle,
         }
 
         ngx_queue_init(&u->dirty);
+        ngx_queue_init(&u->lazy);
         ngx_queue_init(&u->writing);
         ngx_queue_init(&u->procs);
 
@@ -264,7 +277,8 @@ ngx_http_ratelimit_policy_usage_arm(void)
     /* an unlocked look is enough for a hint */
 
     ngx_http_ratelimit_policy_tick.cancelable =
-                                    ngx_queue_empty(&ctx->sh->usage->dirty);
+                                    ngx_queue_empty(&ctx->sh->usage->dirty)
+                                    && ngx_queue_empty(&ctx->sh->usage->lazy);
 
     ngx_add_timer(&ngx_http_ratelimit_policy_tick,
                   NGX_HTTP_RATELIMIT_POLICY_USAGE_TICK);
@@ -274,22 +288,22 @@ ngx_http_ratelimit_policy_usage_arm(void)
 static void
 ngx_http_ratelimit_policy_usage_start(ngx_uint_t force)
 {
-    uint32_t                                day, n;
     ngx_msec_t                              now;
-    ngx_uint_t                              k, took_over;
+    ngx_uint_t                              took_over;
     ngx_queue_t                            *q;
     ngx_http_ratelimit_policy_batch_t      *b;
     ngx_http_ratelimit_policy_counters_t   *c;
     ngx_http_ratelimit_policy_shctx_t      *ctx;
     ngx_http_ratelimit_policy_usage_sh_t   *u;
-    ngx_http_ratelimit_policy_usage_row_t  *row;
     ngx_http_ratelimit_policy_pg_query_t   *pq;
 
     ctx = ngx_http_ratelimit_policy_tick.data;
     u = ctx->sh->usage;
     b = &ngx_http_ratelimit_policy_batch;
 
-    if (ngx_queue_empty(&u->dirty) && u->owner == 0) {
+    if (ngx_queue_empty(&u->dirty) && ngx_queue_empty(&u->lazy)
+        && u->owner == 0)
+    {
         return;
     }
 
@@ -310,7 +324,7 @@ ngx_http_ratelimit_policy_usage_start(ngx_uint_t force)
     }
 
     if ((!force && (ngx_msec_int_t) (now - u->next) < 0)
-        || ngx_queue_empty(&u->dirty))
+        || !ngx_http_ratelimit_policy_usage_due(u, now, force))
     {
         ngx_shmtx_unlock(&ctx->shpool->mutex);
         goto done;
@@ -327,30 +341,26 @@ ngx_http_ratelimit_policy_usage_start(ngx_uint_t force)
         q = ngx_queue_head(&u->dirty);
         c = ngx_queue_data(q, ngx_http_ratelimit_policy_counters_t, queue);
 
-        ngx_queue_remove(q);
-        ngx_queue_insert_tail(&u->writing, q);
-        c->state = NGX_HTTP_RATELIMIT_POLICY_COUNTERS_WRITING;
+        ngx_http_ratelimit_policy_usage_take(b, u, c, now);
+    }
 
-        if ((uint32_t) now - c->dirtied > b->age) {
-            b->age = (uint32_t) now - c->dirtied;
+    /* the lazy queue is in the order of dirtying: its head is the oldest */
+
+    while (!ngx_queue_empty(&u->lazy)
+           && b->nrows + NGX_HTTP_RATELIMIT_POLICY_NCLASSES
+              <= NGX_HTTP_RATELIMIT_POLICY_USAGE_ROWS)
+    {
+        q = ngx_queue_head(&u->lazy);
+        c = ngx_queue_data(q, ngx_http_ratelimit_policy_counters_t, queue);
+
+        if (!force
+            && (uint32_t) now - c->dirtied
+               < NGX_HTTP_RATELIMIT_POLICY_USAGE_LAZY)
+        {
+            break;
         }
 
-        for (k = 0; k < NGX_HTTP_RATELIMIT_POLICY_NCLASSES; k++) {
-            n = ngx_http_ratelimit_policy_window_take(&c->w.cls[k], &day);
-
-            if (n == 0) {
-                continue;
-            }
-
-            row = &b->rows[b->nrows++];
-            row->counters = c;
-            ngx_memcpy(row->instance, c->node->key,
-                       NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
-            row->day = day;
-            row->count = n;
-            row->cls = k;
-            row->written = 0;
-        }
+        ngx_http_ratelimit_policy_usage_take(b, u, c, now);
     }
 
     u->owner = ngx_pid;
@@ -359,8 +369,8 @@ ngx_http_ratelimit_policy_usage_start(ngx_uint_t force)
 
     /* a backlog that does not fit in a batch goes on at the next tick */
 
-    u->next = now + (ngx_queue_empty(&u->dirty)
-                     ? NGX_HTTP_RATELIMIT_POLICY_USAGE_INTERVAL : 0);
+    u->next = now + (ngx_http_ratelimit_policy_usage_due(u, now, force)
+                     ? 0 : NGX_HTTP_RATELIMIT_POLICY_USAGE_INTERVAL);
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 
@@ -403,6 +413,70 @@ done:
                       "ratelimit_policy: took over the usage write of "
                       "process %P, which did not finish it in time",
                       (ngx_pid_t) took_over);
+    }
+}
+
+
+/* with the zone locked: whether a write is due */
+
+static ngx_uint_t
+ngx_http_ratelimit_policy_usage_due(ngx_http_ratelimit_policy_usage_sh_t *u,
+    ngx_msec_t now, ngx_uint_t force)
+{
+    ngx_queue_t                           *q;
+    ngx_http_ratelimit_policy_counters_t  *c;
+
+    if (!ngx_queue_empty(&u->dirty)) {
+        return 1;
+    }
+
+    if (ngx_queue_empty(&u->lazy)) {
+        return 0;
+    }
+
+    q = ngx_queue_head(&u->lazy);
+    c = ngx_queue_data(q, ngx_http_ratelimit_policy_counters_t, queue);
+
+    return force
+           || (uint32_t) now - c->dirtied
+              >= NGX_HTTP_RATELIMIT_POLICY_USAGE_LAZY;
+}
+
+
+/* with the zone locked: the counters' pending counts into the batch */
+
+static void
+ngx_http_ratelimit_policy_usage_take(ngx_http_ratelimit_policy_batch_t *b,
+    ngx_http_ratelimit_policy_usage_sh_t *u,
+    ngx_http_ratelimit_policy_counters_t *c, ngx_msec_t now)
+{
+    uint32_t                                day, n;
+    ngx_uint_t                              k;
+    ngx_http_ratelimit_policy_usage_row_t  *row;
+
+    ngx_queue_remove(&c->queue);
+    ngx_queue_insert_tail(&u->writing, &c->queue);
+    c->state = NGX_HTTP_RATELIMIT_POLICY_COUNTERS_WRITING;
+
+    if ((uint32_t) now - c->dirtied > b->age) {
+        b->age = (uint32_t) now - c->dirtied;
+    }
+
+    for (k = 0; k < NGX_HTTP_RATELIMIT_POLICY_NCLASSES; k++) {
+        n = ngx_http_ratelimit_policy_window_take(&c->w.cls[k], &day);
+
+        if (n == 0) {
+            continue;
+        }
+
+        row = &b->rows[b->nrows++];
+        row->counters = c;
+        ngx_memcpy(row->instance, c->node->key,
+                   NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+        row->day = day;
+        row->count = n;
+        row->cls = k;
+        row->written = 0;
     }
 }
 
@@ -596,7 +670,7 @@ ngx_http_ratelimit_policy_usage_finish(ngx_http_ratelimit_policy_batch_t *b,
     ngx_http_ratelimit_policy_usage_recover(ctx);
 
     u->owner = 0;
-    more = !ngx_queue_empty(&u->dirty);
+    more = !ngx_queue_empty(&u->dirty) || !ngx_queue_empty(&u->lazy);
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 
@@ -735,9 +809,13 @@ ngx_http_ratelimit_policy_usage_settle(ngx_http_ratelimit_policy_shctx_t *ctx,
 
     dirtied = c->dirtied;
 
-    ngx_http_ratelimit_policy_usage_dirty(ctx, c);
+    ngx_http_ratelimit_policy_usage_dirty(ctx, c, 0);
 
-    if (keep_age && c->state == NGX_HTTP_RATELIMIT_POLICY_COUNTERS_DIRTY) {
+    if (c->state == NGX_HTTP_RATELIMIT_POLICY_COUNTERS_CLEAN) {
+        /* all written: the next admission says whether a cap applies */
+        c->capped = 0;
+
+    } else if (keep_age) {
         /* a count that failed to be written keeps its age */
         c->dirtied = dirtied;
     }
@@ -826,23 +904,50 @@ ngx_http_ratelimit_policy_usage_release(ngx_http_ratelimit_policy_shctx_t *ctx,
 }
 
 
+/* capped: the admission had a daily cap, its count is written within 1 s */
+
 void
 ngx_http_ratelimit_policy_usage_dirty(ngx_http_ratelimit_policy_shctx_t *ctx,
-    ngx_http_ratelimit_policy_counters_t *c)
+    ngx_http_ratelimit_policy_counters_t *c, ngx_uint_t capped)
 {
     ngx_http_ratelimit_policy_usage_sh_t  *u;
 
     u = ctx->sh->usage;
 
+    if (capped) {
+        c->capped = 1;
+    }
+
+    if (u == NULL) {
+        return;
+    }
+
+    if (c->state == NGX_HTTP_RATELIMIT_POLICY_COUNTERS_LAZY) {
+
+        if (c->capped) {
+            ngx_queue_remove(&c->queue);
+            ngx_queue_insert_tail(&u->dirty, &c->queue);
+            c->state = NGX_HTTP_RATELIMIT_POLICY_COUNTERS_DIRTY;
+        }
+
+        return;
+    }
+
     if (c->state != NGX_HTTP_RATELIMIT_POLICY_COUNTERS_CLEAN
-        || u == NULL
         || ngx_http_ratelimit_policy_window_clean(&c->w))
     {
         return;
     }
 
-    ngx_queue_insert_tail(&u->dirty, &c->queue);
-    c->state = NGX_HTTP_RATELIMIT_POLICY_COUNTERS_DIRTY;
+    if (c->capped) {
+        ngx_queue_insert_tail(&u->dirty, &c->queue);
+        c->state = NGX_HTTP_RATELIMIT_POLICY_COUNTERS_DIRTY;
+
+    } else {
+        ngx_queue_insert_tail(&u->lazy, &c->queue);
+        c->state = NGX_HTTP_RATELIMIT_POLICY_COUNTERS_LAZY;
+    }
+
     c->dirtied = (uint32_t) ngx_current_msec;
 
     /* this worker, should it be told to quit now, first ticks once more */

@@ -19,6 +19,7 @@
 #define NGX_HTTP_RATELIMIT_POLICY_COUNTERS_CLEAN    0
 #define NGX_HTTP_RATELIMIT_POLICY_COUNTERS_DIRTY    1
 #define NGX_HTTP_RATELIMIT_POLICY_COUNTERS_WRITING  2
+#define NGX_HTTP_RATELIMIT_POLICY_COUNTERS_LAZY     3
 
 
 /*
@@ -28,9 +29,12 @@
  */
 
 struct ngx_http_ratelimit_policy_counters_s {
-    ngx_queue_t                           queue;     /* dirty or writing */
+    ngx_queue_t                           queue;     /* dirty, lazy or
+                                                        writing */
     ngx_http_ratelimit_policy_node_t     *node;
-    uint32_t                              state;
+    uint16_t                              state;
+    uint16_t                              capped;    /* a daily cap applied
+                                                        since last written */
     uint32_t                              dirtied;   /* msec, low bits */
     ngx_http_ratelimit_policy_window_t    w;
 };
@@ -57,7 +61,8 @@ typedef struct {
 
 
 struct ngx_http_ratelimit_policy_usage_sh_s {
-    ngx_queue_t                           dirty;
+    ngx_queue_t                           dirty;     /* capped: every 1 s */
+    ngx_queue_t                           lazy;      /* the others: 10 s */
     ngx_queue_t                           writing;
     ngx_queue_t                           procs;
 
@@ -90,7 +95,7 @@ ngx_http_ratelimit_policy_hold_t *ngx_http_ratelimit_policy_usage_hold(
     ngx_http_ratelimit_policy_counters_t *c);
 void ngx_http_ratelimit_policy_usage_dirty(
     ngx_http_ratelimit_policy_shctx_t *ctx,
-    ngx_http_ratelimit_policy_counters_t *c);
+    ngx_http_ratelimit_policy_counters_t *c, ngx_uint_t capped);
 void ngx_http_ratelimit_policy_usage_fill(
     ngx_http_ratelimit_policy_shctx_t *ctx,
     ngx_http_ratelimit_policy_node_t *node, ngx_uint_t day, int64_t *usage);

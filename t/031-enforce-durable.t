@@ -22,7 +22,7 @@ master_on();
 workers(2);
 
 # the runner's checks + the Test::More checks made in --- init
-plan tests => 29;
+plan tests => 38;
 
 no_shuffle();
 
@@ -306,3 +306,41 @@ X-RateLimit-Remaining: 6
 --- error_log
 [alert]
 released 1 requests in flight of
+
+
+
+=== TEST 7: counts admitted under no daily cap are written within 10 s, not every second; a cap, or a stop, writes them at once
+--- init
+reset_fixtures();
+my $id = 'PAID00000002';    # unlimited: no daily cap
+my $n = sub { main::today_count($id, 'send_message') };
+my @r = map { http_get(main::q_('/send', $id)) } 1 .. 20;
+Test::More::is(scalar(grep { $_->{status} == 200 } @r), 20, 'TEST 7: 20 admitted');
+Time::HiRes::sleep(2.5);
+Test::More::is($n->(), 0, 'TEST 7: not written within 2.5 s');
+Test::More::ok(wait_until(12, sub { $n->() == 20 }), 'TEST 7: written within 10 s');
+# pending again, then a daily cap applies: written within the second
+http_get(main::q_('/send', $id)) for 1 .. 5;
+psql("UPDATE ratelimit.instances SET policy_slug = 'business' WHERE instance_id = '$id';");
+Test::More::ok(wait_until(5, sub {
+                   (http_get(main::q_('/send', $id))->{headers}
+                    {'ratelimit-policy'} // '') =~ /q=60;/
+               }), 'TEST 7: business applies');
+my $t0 = Time::HiRes::time();
+my $ok = wait_until(5, sub { $n->() >= 26 });
+Test::More::ok($ok && Time::HiRes::time() - $t0 < 2.5,
+               sprintf 'TEST 7: under a cap, written in %.1f s', Time::HiRes::time() - $t0);
+# a graceful stop writes what waits in the lazy queue
+psql("UPDATE ratelimit.instances SET policy_slug = 'unlimited' WHERE instance_id = '$id';");
+my $before = $n->();
+main::node2_start();
+my @r2 = map { main::node2_get(main::q_('/send', $id)) } 1 .. 4;
+Test::More::is(join(' ', map { $_->{status} } @r2), '200 200 200 200',
+               'TEST 7: 4 admitted by node 2');
+main::node2_stop();
+Test::More::is($n->(), $before + 4, 'TEST 7: written when node 2 stopped');
+--- config
+--- request eval
+"GET " . main::q_('/send', 'PAID00000001')
+--- response_headers_like
+RateLimit: "minute";r=59;t=60, "day";r=9999;t=\d+
