@@ -243,15 +243,10 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    ctx->instance.data = ngx_pnalloc(r->pool, instance.len);
-    if (ctx->instance.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(ctx->instance.data, instance.data, instance.len);
-    ctx->instance.len = instance.len;
-
     ngx_memcpy(ctx->lookup.instance, instance.data, instance.len);
+
+    ctx->instance.data = ctx->lookup.instance;
+    ctx->instance.len = instance.len;
 
     /*
      * the SHA-256 digest waits until a miss or a new token needs it; a
@@ -360,6 +355,13 @@ ngx_http_ratelimit_policy_get_token(ngx_http_request_t *r,
     }
 
     if (arg->len) {
+
+        if (ngx_strlchr(arg->data, arg->data + arg->len, '%') == NULL) {
+            /* nothing to unescape: the argument as it is */
+            *token = *arg;
+            return NGX_OK;
+        }
+
         token->data = ngx_pnalloc(r->pool, arg->len);
         if (token->data == NULL) {
             return NGX_ERROR;

@@ -448,8 +448,8 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
 
         /* a token never seen for an instance that does not exist */
 
-        if (now - node->probes_since >= rpmcf->negative_ttl) {
-            node->probes_since = now;
+        if ((uint32_t) now - node->probes_since >= rpmcf->negative_ttl) {
+            node->probes_since = (uint32_t) now;
             node->probes = 0;
         }
 
@@ -924,6 +924,8 @@ static void
 ngx_http_ratelimit_policy_copy_node(ngx_http_ratelimit_policy_lookup_t *lk,
     ngx_http_ratelimit_policy_node_t *node)
 {
+    lk->node = node;
+
     if (node == NULL) {
         lk->state = NGX_HTTP_RATELIMIT_POLICY_STATE_NONE;
         lk->token_known = 0;

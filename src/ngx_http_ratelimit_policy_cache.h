@@ -83,6 +83,9 @@ typedef struct {
 
     ngx_http_ratelimit_policy_catalog_t  *catalog;
 
+    /* the entry found: see ngx_http_ratelimit_policy_shm_alive() */
+    ngx_http_ratelimit_policy_node_t     *node;
+
     /* a fill: the instance's usage on that UTC day, all nodes, per class */
     ngx_uint_t                    usage_day;
     int64_t                       usage[NGX_HTTP_RATELIMIT_POLICY_NCLASSES];

@@ -365,10 +365,21 @@ ngx_http_ratelimit_policy_enforce_decide(ngx_http_request_t *r,
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
-    node = ngx_http_ratelimit_policy_shm_lookup(ctx,
+    /* the entry the lookup found, unless it was evicted since */
+
+    node = ectx->base.lookup.node;
+
+    if (node == NULL
+        || !ngx_http_ratelimit_policy_shm_alive(node,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
+                                       ectx->base.lookup.instance,
+                                       NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN))
+    {
+        node = ngx_http_ratelimit_policy_shm_lookup(ctx,
                                        NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
                                        ectx->base.lookup.instance,
                                        NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+    }
 
     if (node == NULL) {
         /* evicted since the lookup: counting starts again */
@@ -408,8 +419,16 @@ ngx_http_ratelimit_policy_enforce_decide(ngx_http_request_t *r,
                                                   &ectx->res);
 
     if (verdict == NGX_HTTP_RATELIMIT_POLICY_WINDOW_PASS) {
-        ectx->counters = c;
-        ectx->hold = ngx_http_ratelimit_policy_usage_hold(ctx, c);
+
+        if (lim.concurrent >= 0) {
+            ectx->counters = c;
+            ectx->hold = ngx_http_ratelimit_policy_usage_hold(ctx, c);
+
+        } else {
+            /* no concurrency limit: nothing to hold while in flight */
+            ngx_http_ratelimit_policy_window_release(&c->w);
+        }
+
         ngx_http_ratelimit_policy_usage_dirty(ctx, c, lim.daily >= 0);
     }
 

@@ -167,7 +167,7 @@ ngx_http_ratelimit_policy_shm_lookup(ngx_http_ratelimit_policy_shctx_t *ctx,
     ngx_rbtree_node_t                 *node, *sentinel;
     ngx_http_ratelimit_policy_node_t  *n;
 
-    hash = ngx_crc32_short(key, len) ^ (uint32_t) type;
+    hash = ngx_crc32_long(key, len) ^ (uint32_t) type;
 
     node = ctx->sh->rbtree.root;
     sentinel = ctx->sh->rbtree.sentinel;
@@ -229,7 +229,7 @@ ngx_http_ratelimit_policy_shm_create(ngx_http_ratelimit_policy_shctx_t *ctx,
 
     ngx_memzero(n, size - offsetof(ngx_rbtree_node_t, color));
 
-    node->key = ngx_crc32_short(key, len) ^ (uint32_t) type;
+    node->key = ngx_crc32_long(key, len) ^ (uint32_t) type;
 
     n->type = (u_char) type;
     n->key_len = (u_char) len;
@@ -304,6 +304,10 @@ ngx_http_ratelimit_policy_evict(ngx_http_ratelimit_policy_shctx_t *ctx)
                    ((u_char *) rn - offsetof(ngx_rbtree_node_t, color));
 
         ngx_rbtree_delete(&ctx->sh->rbtree, node);
+
+        /* see ngx_http_ratelimit_policy_shm_alive() */
+        rn->type = 0;
+
         ngx_slab_free_locked(ctx->shpool, node);
 
         ctx->sh->entries--;
@@ -345,4 +349,22 @@ ngx_http_ratelimit_policy_shm_random_key(u_char *key, size_t len,
     for (i = 0; i < len; i++) {
         key[i] = (u_char) (ngx_random() ^ (ngx_pid << (i % 8)) ^ ngx_time());
     }
+}
+
+
+/*
+ * With the zone locked: whether a node found earlier, with the zone
+ * unlocked since, is still the entry of that key.  An evicted node's type
+ * is cleared before its memory is freed; memory reused since holds either
+ * another entry (another key, or this key's new entry, as good as any) or
+ * something that is not an entry and holds no key.
+ */
+
+ngx_uint_t
+ngx_http_ratelimit_policy_shm_alive(ngx_http_ratelimit_policy_node_t *node,
+    ngx_uint_t type, u_char *key, size_t len)
+{
+    return node->type == type
+           && node->key_len == len
+           && ngx_memcmp(node->key, key, len) == 0;
 }

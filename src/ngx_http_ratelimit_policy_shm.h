@@ -53,10 +53,10 @@ typedef struct {
     ngx_pid_t                     loader;
 
     /* unknown instance: tokens looked up since probes_since, see cache.c */
+    uint32_t                      probes_since; /* msec, low bits */
+    uint32_t                      version;      /* bumped by invalidation */
     uint32_t                      probes;
-    ngx_msec_t                    probes_since;
 
-    ngx_uint_t                    version;      /* bumped by invalidation */
     ngx_uint_t                    epoch;
 
     /* enforcement, see ngx_http_ratelimit_policy_usage.h; or NULL */
@@ -180,6 +180,9 @@ ngx_http_ratelimit_policy_node_t *ngx_http_ratelimit_policy_shm_create(
     size_t len);
 void *ngx_http_ratelimit_policy_shm_alloc(
     ngx_http_ratelimit_policy_shctx_t *ctx, size_t size);
+ngx_uint_t ngx_http_ratelimit_policy_shm_alive(
+    ngx_http_ratelimit_policy_node_t *node, ngx_uint_t type, u_char *key,
+    size_t len);
 
 
 #define ngx_http_ratelimit_policy_stat(ctx, name)                            \

@@ -132,7 +132,8 @@ ngx_http_ratelimit_policy_request_variable(ngx_http_request_t *r,
  * The request line with every "access_token" value masked: the line
  * itself when it has none.  The name is matched as ngx_http_arg() matches
  * it (case-insensitively), so whatever the module would take for a token
- * is masked.
+ * is masked.  memchr() rather than ngx_strlchr(): this runs on every
+ * request that names an instance, and libc's is vectorised.
  */
 
 ngx_int_t
@@ -147,6 +148,12 @@ ngx_http_ratelimit_policy_mask_request(ngx_http_request_t *r,
     /* masked may be &r->request_line */
 
     line = r->request_line;
+
+    if (line.len == 0) {
+        *masked = line;
+        return NGX_OK;
+    }
+
     last = line.data + line.len;
 
     /* where the URI ends: before " HTTP/x.y", if there is one */
@@ -175,7 +182,7 @@ ngx_http_ratelimit_policy_mask_request(ngx_http_request_t *r,
         }
     }
 
-    a = ngx_strlchr(line.data, end, '?');
+    a = memchr(line.data, '?', end - line.data);
 
     /* the length with every token value masked */
 
@@ -184,7 +191,7 @@ ngx_http_ratelimit_policy_mask_request(ngx_http_request_t *r,
 
     if (a != NULL) {
         for (p = a + 1; p < end; p = q + 1) {
-            q = ngx_strlchr(p, end, '&');
+            q = memchr(p, '&', end - p);
             if (q == NULL) {
                 q = end;
             }
@@ -212,7 +219,7 @@ ngx_http_ratelimit_policy_mask_request(ngx_http_request_t *r,
     out = ngx_cpymem(out, line.data, a + 1 - line.data);
 
     for (p = a + 1; p < end; p = q + 1) {
-        q = ngx_strlchr(p, end, '&');
+        q = memchr(p, '&', end - p);
         if (q == NULL) {
             q = end;
         }

@@ -22,7 +22,7 @@ master_on();
 workers(2);
 
 # the runner's checks + the Test::More checks made in --- init
-plan tests => 38;
+plan tests => 44;
 
 no_shuffle();
 
@@ -344,3 +344,39 @@ Test::More::is($n->(), $before + 4, 'TEST 7: written when node 2 stopped');
 "GET " . main::q_('/send', 'PAID00000001')
 --- response_headers_like
 RateLimit: "minute";r=59;t=60, "day";r=9999;t=\d+
+
+
+
+=== TEST 8: requests admitted under no concurrent_limit are not counted in flight by a policy adopted while they run
+--- init
+reset_fixtures();
+my $id = 'PAID00000002';    # unlimited
+my $port = $ENV{TEST_NGINX_SERVER_PORT};
+my $slower = main::q_('/slower', $id);
+system("curl -s -m 15 -o /dev/null 'http://127.0.0.1:$port$slower' &");
+Time::HiRes::sleep(0.5);
+psql("UPDATE ratelimit.instances SET policy_slug = 'strict' WHERE instance_id = '$id';");
+Time::HiRes::sleep(1.5);
+my $a = http_get(main::q_('/send', $id));
+Test::More::is($a->{status}, 200, 'TEST 8: strict (concurrent_limit 1) admits: the request in flight is not counted');
+Test::More::like($a->{headers}{'ratelimit-policy'} // '', qr/q=8;/, 'TEST 8: under strict');
+system("curl -s -m 15 -o /dev/null 'http://127.0.0.1:$port$slower' &");
+Time::HiRes::sleep(0.5);
+my $b = http_get(main::q_('/send', $id));
+Test::More::is($b->{status}, 429, 'TEST 8: one admitted under strict is in flight: 429');
+Test::More::like($b->{body}, qr/"limit":"concurrent_limit"/, 'TEST 8: the concurrency limit');
+system("pkill -f 'curl -s -m 15 -o /dev/null http://127.0.0.1:$port/slower'");
+--- config
+    location /slower-upstream/ {
+        limit_rate 50;
+        return 200 "slower upstream ................................................................................................................................................................................................................................................................................................................................................................................................................................................................................................................................................\n";
+    }
+
+    location /slower {
+        ratelimit_policy_enforce send_message;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/slower-upstream/;
+    }
+--- request
+GET /upstream/
+--- response_body
+upstream
