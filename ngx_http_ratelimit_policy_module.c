@@ -17,6 +17,7 @@
 #include "ngx_http_ratelimit_policy_metrics.h"
 #include "ngx_http_ratelimit_policy_pg.h"
 #include "ngx_http_ratelimit_policy_shm.h"
+#include "ngx_http_ratelimit_policy_variables.h"
 #include "ngx_http_ratelimit_policy_usage.h"
 #include "ngx_http_ratelimit_policy_variables.h"
 #include "ngx_http_ratelimit_policy_window.h"
@@ -233,6 +234,10 @@ ngx_http_ratelimit_policy_postconfiguration(ngx_conf_t *cf)
 
     if (rpmcf->needs_db.len == 0) {
         return NGX_OK;
+    }
+
+    if (ngx_http_ratelimit_policy_mask_variable(cf) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     if (rpmcf->conninfo.len == 0) {

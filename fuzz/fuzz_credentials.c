@@ -14,10 +14,12 @@
  * "?" of the URI, http_protocol inside the line.
  *
  * Properties: NGX_OK or NGX_DECLINED, never NGX_ERROR; on NGX_OK a
- * 12-character alphanumeric instance and a non-empty token; after it, no
- * query argument of the request line named access_token (in any case)
- * keeps a value other than "***"; masking again changes nothing; the
- * request line outside the query string is unchanged.
+ * 12-character alphanumeric instance and a non-empty token; after it, in
+ * the request line that an error log line shows (the request's log
+ * handler, as nginx calls it), no query argument named access_token (in
+ * any case) keeps a value other than "***", and outside the query string
+ * it is unchanged; the request line itself is unchanged; masking the
+ * logged line again ($ratelimit_policy_request) changes nothing.
  */
 
 
@@ -40,6 +42,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static void fuzz_check_masked(ngx_str_t *line, ngx_str_t *orig,
     ngx_uint_t protocol);
+static u_char *fuzz_log_handler(ngx_http_request_t *r,
+    ngx_http_request_t *sr, u_char *buf, size_t len);
+
+
+/* the request line as nginx's log handler would have printed it */
+static u_char     fuzz_logged_data[16384];
+static ngx_str_t  fuzz_logged;
 
 
 int
@@ -105,6 +114,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     ngx_memzero(&r, sizeof(ngx_http_request_t));
     r.main = &r;
+    r.log_handler = fuzz_log_handler;
     r.pool = pool;
     r.connection = &c;
     r.loc_conf = loc_conf;
@@ -184,15 +194,32 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             ngx_fuzz_assert(code != NULL && message != NULL);
         }
 
-        fuzz_check_masked(&r.request_line, &orig, flags & FUZZ_PROTOCOL);
+        /* an error log line of the request */
+
+        fuzz_logged.len = 0;
+        (void) r.log_handler(&r, NULL, fuzz_logged_data, 0);
+
+        ngx_fuzz_assert(r.request_line.data == orig.data
+                        && r.request_line.len == orig.len);
+
+        if (fuzz_logged.len == 0) {
+            /* left out: masked, it would not fit a log line */
+            rc = ngx_http_ratelimit_policy_mask_request(&r, &again);
+            ngx_fuzz_assert(rc == NGX_OK && again.len > NGX_MAX_ERROR_STR);
+            fuzz_logged = again;
+        }
+
+        fuzz_check_masked(&fuzz_logged, &orig, flags & FUZZ_PROTOCOL);
     }
 
     /* $ratelimit_policy_request of the masked line: the same line */
 
+    r.request_line = fuzz_logged;
+
     rc = ngx_http_ratelimit_policy_mask_request(&r, &again);
     ngx_fuzz_assert(rc == NGX_OK);
-    ngx_fuzz_assert(again.len == r.request_line.len);
-    ngx_fuzz_assert(ngx_memcmp(again.data, r.request_line.data, again.len)
+    ngx_fuzz_assert(again.len == fuzz_logged.len);
+    ngx_fuzz_assert(ngx_memcmp(again.data, fuzz_logged.data, again.len)
                     == 0);
 
     ngx_destroy_pool(pool);
@@ -257,4 +284,22 @@ fuzz_check_masked(ngx_str_t *line, ngx_str_t *orig, ngx_uint_t protocol)
             break;
         }
     }
+}
+
+
+static u_char *
+fuzz_log_handler(ngx_http_request_t *r, ngx_http_request_t *sr, u_char *buf,
+    size_t len)
+{
+    (void) sr;
+    (void) len;
+
+    ngx_fuzz_assert(r->request_line.len <= sizeof(fuzz_logged_data));
+
+    fuzz_logged.len = r->request_line.len;
+    fuzz_logged.data = ngx_cpymem(fuzz_logged_data, r->request_line.data,
+                                  r->request_line.len)
+                       - r->request_line.len;
+
+    return buf;
 }

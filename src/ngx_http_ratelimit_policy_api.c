@@ -22,6 +22,8 @@ static ngx_int_t ngx_http_ratelimit_policy_api_respond(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_ctx_t *ctx);
 static ngx_int_t ngx_http_ratelimit_policy_api_document(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_ctx_t *ctx, const char *message);
+static ngx_inline ngx_uint_t ngx_http_ratelimit_policy_name(u_char *p,
+    const char *name, size_t len);
 static void ngx_http_ratelimit_policy_args(ngx_http_request_t *r,
     ngx_str_t *instance, ngx_str_t *token);
 static ngx_int_t ngx_http_ratelimit_policy_get_token(ngx_http_request_t *r,
@@ -187,14 +189,11 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
     rpcf = ngx_http_get_module_loc_conf(r, ngx_http_ratelimit_policy_module);
 
     /*
-     * from now on $request, and the "request:" that nginx adds to every
-     * error log line of this request, show no token
+     * from now on the "request:" that nginx adds to every error log line
+     * of this request shows no token ($request never does)
      */
 
-    if (ngx_http_ratelimit_policy_mask_request(r->main,
-                                               &r->main->request_line)
-        != NGX_OK)
-    {
+    if (ngx_http_ratelimit_policy_mask_log(r) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -299,7 +298,7 @@ ngx_http_ratelimit_policy_args(ngx_http_request_t *r, ngx_str_t *instance,
 
     for ( /* void */ ; p < last; p = q + 1) {
 
-        q = ngx_strlchr(p, last, '&');
+        q = memchr(p, '&', last - p);
         if (q == NULL) {
             q = last;
         }
@@ -310,8 +309,8 @@ ngx_http_ratelimit_policy_args(ngx_http_request_t *r, ngx_str_t *instance,
             if (instance->data == NULL
                 && q - p > (ssize_t) sizeof("instance_id") - 1
                 && p[sizeof("instance_id") - 1] == '='
-                && ngx_strncasecmp(p, (u_char *) "instance_id",
-                                   sizeof("instance_id") - 1) == 0)
+                && ngx_http_ratelimit_policy_name(p, "instance_id",
+                                                  sizeof("instance_id") - 1))
             {
                 instance->data = p + sizeof("instance_id=") - 1;
                 instance->len = q - instance->data;
@@ -323,8 +322,8 @@ ngx_http_ratelimit_policy_args(ngx_http_request_t *r, ngx_str_t *instance,
             if (token->data == NULL
                 && q - p > (ssize_t) sizeof("access_token") - 1
                 && p[sizeof("access_token") - 1] == '='
-                && ngx_strncasecmp(p, (u_char *) "access_token",
-                                   sizeof("access_token") - 1) == 0)
+                && ngx_http_ratelimit_policy_name(p, "access_token",
+                                                  sizeof("access_token") - 1))
             {
                 token->data = p + sizeof("access_token=") - 1;
                 token->len = q - token->data;
@@ -337,6 +336,30 @@ ngx_http_ratelimit_policy_args(ngx_http_request_t *r, ngx_str_t *instance,
             break;
         }
     }
+}
+
+
+/* as ngx_strncasecmp() compares with a lowercase name, inline */
+
+static ngx_inline ngx_uint_t
+ngx_http_ratelimit_policy_name(u_char *p, const char *name, size_t len)
+{
+    u_char  c;
+    size_t  i;
+
+    for (i = 0; i < len; i++) {
+        c = p[i];
+
+        if (c >= 'A' && c <= 'Z') {
+            c |= 0x20;
+        }
+
+        if (c != (u_char) name[i]) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 
@@ -356,7 +379,7 @@ ngx_http_ratelimit_policy_get_token(ngx_http_request_t *r,
 
     if (arg->len) {
 
-        if (ngx_strlchr(arg->data, arg->data + arg->len, '%') == NULL) {
+        if (memchr(arg->data, '%', arg->len) == NULL) {
             /* nothing to unescape: the argument as it is */
             *token = *arg;
             return NGX_OK;

@@ -1,8 +1,9 @@
 # Token-safe logging: $ratelimit_policy_request is the request line with
-# every access_token value masked, for log_format; on the module's own
-# locations $request (and so the "request:" that nginx adds to error log
-# lines) is masked as well; and at debug level no line the module writes,
-# and no line above debug at all, carries a token or its SHA-256 digest.
+# every access_token value masked, for log_format; where the module is
+# configured $request is masked as well (in every location), and so is the
+# "request:" that nginx adds to the error log lines of the module's
+# locations; and at debug level no line the module writes, and no line
+# above debug at all, carries a token or its SHA-256 digest.
 #
 # Only nginx core's own debug lines ("http request line", "http args",
 # "http finalize request", ...) show the raw request: they are written
@@ -11,14 +12,16 @@
 
 use lib 't/lib';
 use RLP;
+use RLPHelpers;
 use Digest::SHA ();
 
 repeat_each(1);
 
 # TEST 1: 6 requests x (status + body); TEST 2: 6 x (status + body +
 # 5 no_error_log patterns, checked after every request); TEST 3: 3 x
-# (status + body)
-plan tests => 12 + 42 + 6;
+# (status + body); TEST 4: status + body + 2 error_log + 2 no_error_log
+# + 3 checks in --- init
+plan tests => 12 + 42 + 6 + 9;
 
 our @Digests = map { Digest::SHA::sha256_hex($_) }
                qw(free-token-1001 paid-token-1002 zero-token-1005);
@@ -174,3 +177,49 @@ qr/\[(?:alert|crit|emerg)\]/,
 qr{\A200 "GET /v2/session/rate-limit\?instance_id=PAID00000002 HTTP/1\.[01]"
 200 "GET /v2/session/rate-limit\?instance_id=PAID00000002 HTTP/1\.[01]"
 \z}]
+
+
+
+=== TEST 4: $request is masked in any location; the "request:" and "upstream:" of an error log line when it is written
+The request line itself is not rewritten: it is masked when $request is
+evaluated and when an error log line is written, and so is the URI that
+proxy_pass sends on; masked, a line longer than a log line is left out.
+--- log_level: info
+--- http_config
+    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO";
+    ratelimit_policy_zone zone=ratelimit:8m;
+    log_format raw '$status "$request"';
+--- config
+    location = /other {
+        access_log logs/raw4.log raw;
+        return 200 "other\n";
+    }
+
+    location /refused/ {
+        ratelimit_policy_enforce send_message;
+        proxy_pass http://127.0.0.1:1/;
+    }
+
+    location = /raw4.log {
+        access_log off;
+        default_type text/plain;
+        alias logs/raw4.log;
+    }
+--- init
+my $pad = 'a' x 3000;
+Test::More::is(http_get('/other?access_token=plain-secret-1&x=1')->{status}, 200,
+               'TEST 4: /other');
+Test::More::is(http_get('/refused/x?instance_id=PAID00000001&access_token=paid-token-1002')->{status},
+               502, 'TEST 4: refused upstream');
+Test::More::is(http_get("/refused/y?instance_id=PAID00000001&access_token=paid-token-1002&pad=$pad")->{status},
+               502, 'TEST 4: refused upstream, a long request line');
+--- request
+GET /raw4.log
+--- response_body_like chomp
+\A200 "GET /other\?access_token=\*\*\*&x=1 HTTP/1\.[01]"\n\z
+--- error_log
+request: "GET /refused/x?instance_id=PAID00000001&access_token=*** HTTP/1.1"
+upstream: "http://127.0.0.1:1/x?instance_id=PAID00000001&access_token=***"
+--- no_error_log
+paid-token-1002
+plain-secret-1
