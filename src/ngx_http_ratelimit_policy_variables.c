@@ -265,6 +265,7 @@ ngx_http_ratelimit_policy_log_error(ngx_http_request_t *r,
     u_char                 uout[NGX_MAX_ERROR_STR];
 
     line = r->request_line;
+    ngx_str_null(&uri);
 
     if (line.len) {
         if (ngx_http_ratelimit_policy_mask_into(r, out, sizeof(out), &masked)
