@@ -52,7 +52,7 @@ static void ngx_http_ratelimit_policy_needs_db(ngx_conf_t *cf,
 static ngx_int_t ngx_http_ratelimit_policy_init_process(ngx_cycle_t *cycle);
 static void ngx_http_ratelimit_policy_exit_process(ngx_cycle_t *cycle);
 static void ngx_http_ratelimit_policy_notified(void *data, u_char *payload,
-    size_t len);
+    size_t len, int pid);
 
 
 static ngx_conf_enum_t  ngx_http_ratelimit_policy_classes[] = {
@@ -814,7 +814,8 @@ ngx_http_ratelimit_policy_init_process(ngx_cycle_t *cycle)
 
 
 static void
-ngx_http_ratelimit_policy_notified(void *data, u_char *payload, size_t len)
+ngx_http_ratelimit_policy_notified(void *data, u_char *payload, size_t len,
+    int pid)
 {
     ngx_pid_t                           prev;
     ngx_shm_zone_t                     *zone;
@@ -823,7 +824,8 @@ ngx_http_ratelimit_policy_notified(void *data, u_char *payload, size_t len)
     zone = data;
 
     if (payload != NULL) {
-        ngx_http_ratelimit_policy_invalidate(zone, payload, len);
+        /* pid: an echo of this node's own PATCH is told by its backend */
+        ngx_http_ratelimit_policy_invalidate(zone, payload, len, pid);
         return;
     }
 
@@ -852,7 +854,7 @@ ngx_http_ratelimit_policy_notified(void *data, u_char *payload, size_t len)
                   "ratelimit_policy: notifications may have been missed, "
                   "every cached entry is reloaded on its next use");
 
-    ngx_http_ratelimit_policy_invalidate(zone, (u_char *) "*", 1);
+    ngx_http_ratelimit_policy_invalidate(zone, (u_char *) "*", 1, 0);
 }
 
 

@@ -15,7 +15,7 @@
 
 
 /* bump on any change of the structures below: reload refuses the zone */
-#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5005
+#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5006
 
 #define NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN  16
 
@@ -25,6 +25,12 @@
 #define NGX_HTTP_RATELIMIT_POLICY_STATE_NONE      0
 #define NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND     1
 #define NGX_HTTP_RATELIMIT_POLICY_STATE_MISSING   2
+
+/* the echo of this node's own PATCH, see ngx_http_ratelimit_policy_cache.c */
+#define NGX_HTTP_RATELIMIT_POLICY_ECHO_NONE       0
+#define NGX_HTTP_RATELIMIT_POLICY_ECHO_SENT       1
+#define NGX_HTTP_RATELIMIT_POLICY_ECHO_ECHOED     2
+#define NGX_HTTP_RATELIMIT_POLICY_ECHO_STORED     3
 
 /* the sizes of the counters, see ngx_http_ratelimit_policy_metrics.c */
 #define NGX_HTTP_RATELIMIT_POLICY_METRICS_METHODS   4
@@ -53,8 +59,18 @@ typedef struct {
     ngx_pid_t                     loader;
 
     /* unknown instance: tokens looked up since probes_since, see cache.c */
-    uint32_t                      probes;
+    u_char                        probes;
+
+    /*
+     * the echo of this node's PATCH: its state, its tag, the backend that
+     * runs it and until when (msec, low bits), see cache.c; laid out so
+     * that an instance's node still fits a 256-byte slab chunk
+     */
+    u_char                        echo;
+    uint16_t                      echo_tag;
     ngx_msec_t                    probes_since;
+    int32_t                       echo_pid;
+    uint32_t                      echo_until;
 
     ngx_uint_t                    version;      /* bumped by invalidation */
     ngx_uint_t                    epoch;
@@ -144,6 +160,9 @@ typedef struct {
     /* entries of an older epoch are stale: bumped after a resync */
     ngx_uint_t                    epoch;
     ngx_pid_t                     listener;
+
+    /* the tag of the last PATCH sent, see ngx_http_ratelimit_policy_cache.c */
+    uint16_t                      echo_tag;
 
     /* the policy catalogue, see ngx_http_ratelimit_policy_cache.h */
     u_char                       *catalog;
