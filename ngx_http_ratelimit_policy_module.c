@@ -53,7 +53,7 @@ static void ngx_http_ratelimit_policy_needs_db(ngx_conf_t *cf,
 static ngx_int_t ngx_http_ratelimit_policy_init_process(ngx_cycle_t *cycle);
 static void ngx_http_ratelimit_policy_exit_process(ngx_cycle_t *cycle);
 static void ngx_http_ratelimit_policy_notified(void *data, u_char *payload,
-    size_t len);
+    size_t len, int pid);
 
 
 static ngx_conf_enum_t  ngx_http_ratelimit_policy_classes[] = {
@@ -578,10 +578,15 @@ ngx_http_ratelimit_policy_cache_ttl(ngx_conf_t *cf, ngx_command_t *cmd,
 
     value = cf->args->elts;
 
+    /* the zone keeps times in 32 bits of milliseconds: under 24 days */
+
     ms = ngx_parse_time(&value[1], 0);
-    if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+    if (ms == (ngx_msec_t) NGX_ERROR || ms == 0
+        || ms > NGX_HTTP_RATELIMIT_POLICY_TTL_MAX)
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid cache time \"%V\"", &value[1]);
+                           "invalid cache time \"%V\" (1ms to 24d)",
+                           &value[1]);
         return NGX_CONF_ERROR;
     }
 
@@ -601,9 +606,12 @@ ngx_http_ratelimit_policy_cache_ttl(ngx_conf_t *cf, ngx_command_t *cmd,
     s.len = value[2].len - 9;
 
     ms = ngx_parse_time(&s, 0);
-    if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+    if (ms == (ngx_msec_t) NGX_ERROR || ms == 0
+        || ms > NGX_HTTP_RATELIMIT_POLICY_TTL_MAX)
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid negative cache time \"%V\"", &value[2]);
+                           "invalid negative cache time \"%V\" (1ms to 24d)",
+                           &value[2]);
         return NGX_CONF_ERROR;
     }
 
@@ -819,7 +827,8 @@ ngx_http_ratelimit_policy_init_process(ngx_cycle_t *cycle)
 
 
 static void
-ngx_http_ratelimit_policy_notified(void *data, u_char *payload, size_t len)
+ngx_http_ratelimit_policy_notified(void *data, u_char *payload, size_t len,
+    int pid)
 {
     ngx_pid_t                           prev;
     ngx_shm_zone_t                     *zone;
@@ -828,7 +837,8 @@ ngx_http_ratelimit_policy_notified(void *data, u_char *payload, size_t len)
     zone = data;
 
     if (payload != NULL) {
-        ngx_http_ratelimit_policy_invalidate(zone, payload, len);
+        /* pid: an echo of this node's own PATCH is told by its backend */
+        ngx_http_ratelimit_policy_invalidate(zone, payload, len, pid);
         return;
     }
 
@@ -857,7 +867,7 @@ ngx_http_ratelimit_policy_notified(void *data, u_char *payload, size_t len)
                   "ratelimit_policy: notifications may have been missed, "
                   "every cached entry is reloaded on its next use");
 
-    ngx_http_ratelimit_policy_invalidate(zone, (u_char *) "*", 1);
+    ngx_http_ratelimit_policy_invalidate(zone, (u_char *) "*", 1, 0);
 }
 
 

@@ -22,6 +22,9 @@
 --   * the views have the same column names, types and order,
 --   * set_instance_policy() is rewritten to change the application's data
 --     with the same rules, errors (SQLSTATE RLP01/RLP02/RLP03) and locking,
+--     and to change nothing but the instance's policy (the module stores
+--     the result itself, and takes the notification that its own session
+--     sends for this change as the echo of what it stored),
 --   * something still sends NOTIFY ratelimit_policy, '<instance_id>' when an
 --     instance's policy, token or plan changes, and '*' when the policy
 --     catalogue changes (otherwise changes show up only after the module's

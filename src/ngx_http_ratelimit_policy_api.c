@@ -41,6 +41,8 @@ static ngx_chain_t *ngx_http_ratelimit_policy_body_in_memory(
 static void ngx_http_ratelimit_policy_patch_resume(ngx_http_request_t *r);
 static ngx_int_t ngx_http_ratelimit_policy_patch_set(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_ctx_t *ctx);
+static void ngx_http_ratelimit_policy_patch_sending(
+    ngx_http_ratelimit_policy_pg_query_t *q);
 static void ngx_http_ratelimit_policy_patch_done(
     ngx_http_ratelimit_policy_pg_query_t *q);
 static ngx_int_t ngx_http_ratelimit_policy_patch_result(ngx_http_request_t *r,
@@ -1180,6 +1182,7 @@ ngx_http_ratelimit_policy_patch_set(ngx_http_request_t *r,
     q->values[0] = (const char *) ctx->lookup.instance;
     q->values[1] = (const char *) ctx->slug.data;
     q->handler = ngx_http_ratelimit_policy_patch_done;
+    q->sending = ngx_http_ratelimit_policy_patch_sending;
     q->data = r;
     q->log = r->connection->log;
 
@@ -1200,6 +1203,24 @@ ngx_http_ratelimit_policy_patch_set(ngx_http_request_t *r,
     }
 
     return NGX_DONE;
+}
+
+
+/* the zone expects the notification of this change from that backend */
+
+static void
+ngx_http_ratelimit_policy_patch_sending(ngx_http_ratelimit_policy_pg_query_t *q)
+{
+    ngx_http_request_t                     *r;
+    ngx_http_ratelimit_policy_ctx_t        *ctx;
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
+
+    r = q->data;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_ratelimit_policy_module);
+    rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
+
+    ngx_http_ratelimit_policy_cache_expect(rpmcf->shm_zone, &ctx->lookup,
+                                           q->backend_pid);
 }
 
 
@@ -1229,13 +1250,25 @@ static ngx_int_t
 ngx_http_ratelimit_policy_patch_result(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_ctx_t *ctx)
 {
-    char                                  *sqlstate;
-    ngx_int_t                              rc;
-    ngx_uint_t                             status;
-    const char                            *code, *message;
-    ngx_http_ratelimit_policy_pg_query_t  *q;
+    char                                   *sqlstate;
+    ngx_int_t                               rc;
+    ngx_uint_t                              status;
+    const char                             *code, *message;
+    ngx_http_ratelimit_policy_pg_query_t   *q;
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
 
     q = &ctx->query;
+    rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
+
+    /*
+     * a failure: an SQL error rolled the change back; a timeout or a lost
+     * connection may have come after the commit
+     */
+
+    if (q->rc != NGX_HTTP_RATELIMIT_POLICY_PG_OK) {
+        ngx_http_ratelimit_policy_cache_abandon(rpmcf->shm_zone, &ctx->lookup,
+                            q->rc != NGX_HTTP_RATELIMIT_POLICY_PG_SQL_ERROR);
+    }
 
     switch (q->rc) {
 
@@ -1301,6 +1334,8 @@ ngx_http_ratelimit_policy_patch_result(ngx_http_request_t *r,
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "ratelimit_policy: set_instance_policy() returned "
                       "no slug");
+        ngx_http_ratelimit_policy_cache_abandon(rpmcf->shm_zone, &ctx->lookup,
+                                                1);
         return ngx_http_ratelimit_policy_send_error(r,
                                      NGX_HTTP_SERVICE_UNAVAILABLE,
                                      "database_unavailable",

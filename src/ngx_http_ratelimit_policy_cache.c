@@ -35,6 +35,14 @@
 #define NGX_HTTP_RATELIMIT_POLICY_PROBES     8
 #define NGX_HTTP_RATELIMIT_POLICY_MAX_ROUNDS 4000
 
+/*
+ * the echo of a PATCH (see ngx_http_ratelimit_policy_cache_expect()): how
+ * long it is waited for once the result is stored, and how long an entry
+ * whose echo came first is trusted while its PATCH has not stored yet
+ */
+#define NGX_HTTP_RATELIMIT_POLICY_ECHO_WAIT   2000
+#define NGX_HTTP_RATELIMIT_POLICY_ECHO_TRUST  1000
+
 
 typedef struct {
     ngx_rbtree_node_t                      node;
@@ -78,6 +86,11 @@ static void ngx_http_ratelimit_policy_store_node(
 static ngx_uint_t ngx_http_ratelimit_policy_fresh(
     ngx_http_ratelimit_policy_shctx_t *ctx,
     ngx_http_ratelimit_policy_node_t *node);
+static ngx_uint_t ngx_http_ratelimit_policy_echo_live(
+    ngx_http_ratelimit_policy_node_t *node);
+static ngx_http_ratelimit_policy_node_t *ngx_http_ratelimit_policy_echo_node(
+    ngx_http_ratelimit_policy_shctx_t *ctx,
+    ngx_http_ratelimit_policy_lookup_t *lk, ngx_uint_t *mine);
 static void ngx_http_ratelimit_policy_wait(
     ngx_http_ratelimit_policy_lookup_t *lk);
 static void ngx_http_ratelimit_policy_poll_handler(ngx_event_t *ev);
@@ -496,7 +509,7 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
 
     if (node != NULL
         && node->loading
-        && (ngx_msec_int_t) (node->loading - now) > 0)
+        && (int32_t) (node->loading - (uint32_t) now) > 0)
     {
         if (stale) {
             ngx_shmtx_unlock(&ctx->shpool->mutex);
@@ -542,7 +555,7 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
     }
 
     if (node != NULL) {
-        node->loading = now + rpmcf->query_timeout + 100;
+        node->loading = (uint32_t) (now + rpmcf->query_timeout + 100);
         node->loader = ngx_pid;
         node->probes += probe;
         pd->version = node->version;
@@ -726,9 +739,11 @@ ngx_http_ratelimit_policy_entitlement_loaded(
             if (tn != NULL) {
                 tn->state = NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND;
                 tn->token_known = (u_char) row.token_known;
-                tn->expires = now + (row.token_known ? rpmcf->cache_ttl
-                                                     : rpmcf->negative_ttl);
-                tn->epoch = pd->epoch;
+                tn->expires = (uint32_t) (now
+                                          + (row.token_known
+                                             ? rpmcf->cache_ttl
+                                             : rpmcf->negative_ttl));
+                tn->epoch = (uint32_t) pd->epoch;
             }
         }
 
@@ -962,8 +977,16 @@ ngx_http_ratelimit_policy_store_node(ngx_http_ratelimit_policy_node_t *node,
     node->has_slug = (u_char) row->has_slug;
     node->slug_len = (u_char) row->slug_len;
     ngx_memcpy(node->slug, row->slug, row->slug_len);
-    node->expires = ngx_current_msec + ttl;
-    node->epoch = epoch;
+    node->expires = (uint32_t) (ngx_current_msec + ttl);
+    node->epoch = (uint32_t) epoch;
+
+    /*
+     * the echo came before this lookup started (it bumped the version):
+     * the row read includes the change, the PATCH's store is not awaited
+     */
+    if (node->echo == NGX_HTTP_RATELIMIT_POLICY_ECHO_ECHOED) {
+        node->echo = NGX_HTTP_RATELIMIT_POLICY_ECHO_NONE;
+    }
 }
 
 
@@ -972,8 +995,18 @@ ngx_http_ratelimit_policy_fresh(ngx_http_ratelimit_policy_shctx_t *ctx,
     ngx_http_ratelimit_policy_node_t *node)
 {
     return node->state != NGX_HTTP_RATELIMIT_POLICY_STATE_NONE
-           && node->epoch == ctx->sh->epoch
-           && (ngx_msec_int_t) (node->expires - ngx_current_msec) > 0;
+           && node->epoch == (uint32_t) ctx->sh->epoch
+           && (int32_t) (node->expires - (uint32_t) ngx_current_msec) > 0
+           && (node->echo != NGX_HTTP_RATELIMIT_POLICY_ECHO_ECHOED
+               || ngx_http_ratelimit_policy_echo_live(node));
+}
+
+
+static ngx_uint_t
+ngx_http_ratelimit_policy_echo_live(ngx_http_ratelimit_policy_node_t *node)
+{
+    return node->echo != NGX_HTTP_RATELIMIT_POLICY_ECHO_NONE
+           && (int32_t) (node->echo_until - (uint32_t) ngx_current_msec) > 0;
 }
 
 
@@ -1085,14 +1118,87 @@ ngx_http_ratelimit_policy_catalog_find(ngx_http_ratelimit_policy_catalog_t *cat,
 }
 
 
+/*
+ * The echo of this node's own PATCH.
+ *
+ * set_instance_policy() changes the instance's row, whose trigger sends
+ * NOTIFY ratelimit_policy, '<instance_id>' at commit.  The PATCH stores its
+ * result in the zone itself: if the listener invalidated the entry when
+ * that notification (the "echo") arrives, the next request of the
+ * instance would pay a lookup for nothing.  So the entry keeps a record of
+ * the PATCH of this node that is in flight for it:
+ *
+ *   SENT    its query goes out on the backend echo_pid (recorded before it
+ *           is sent, hence before the server can commit and notify);
+ *   ECHOED  a notification from echo_pid came before its result was stored;
+ *   STORED  its result is stored, the notification from echo_pid is
+ *           expected for 2 s more.
+ *
+ * A notification for the instance is taken as the echo, and does not
+ * invalidate, only if it comes from the backend echo_pid while the record
+ * is live and SENT or STORED.  Any other notification invalidates the entry
+ * as before, and clears the record.  Why nothing done elsewhere is missed:
+ *
+ * - A change made elsewhere (psql, the application, another node, another
+ *   worker's connection) is notified by another backend: the PIDs of live
+ *   backends are distinct, and echo_pid is a connection of this node's
+ *   pool.  On those connections only set_instance_policy() changes what
+ *   notifies (the lookup, catalogue and usage statements do not), one
+ *   transaction at a time, and it changes nothing but the instance's
+ *   policy, which the PATCH stores.  The PID of a backend that exited may
+ *   be given to a new one: the record lives at most query_timeout + 1 s
+ *   (SENT) or 2 s (STORED), and the OS would have to hand that PID over
+ *   within that time to a session that changes this very instance.
+ * - A notification from echo_pid reports a transaction of that backend
+ *   committed no later than the PATCH's own: a later one would be another
+ *   PATCH, whose record replaces this one before it is sent.  STORED: the
+ *   entry holds the PATCH's result, as new as the change notified or
+ *   newer.  SENT: it does not hold it yet.  The record becomes ECHOED, the
+ *   version is bumped (a lookup in flight may have read the row before the
+ *   change), and the PATCH's handler stores its result or, if it failed,
+ *   invalidates the entry.  Should that never happen (the worker died),
+ *   fresh() stops trusting an ECHOED entry after 1 s.
+ * - Notifications come in commit order.  A change committed elsewhere just
+ *   before or just after the PATCH's has its own notification, from
+ *   another backend, which invalidates the entry whenever it comes, before
+ *   or after the PATCH's result is stored (a store never makes an entry
+ *   fresh again), and clears the record.  The PATCH then finds its record
+ *   gone: it stores its result but expires the entry, since a lookup may
+ *   have cached a newer row meanwhile.
+ * - Two PATCHes of one instance at once (two workers, or queued on one
+ *   worker): the later record replaces the earlier (which invalidates the
+ *   entry if the earlier was ECHOED); the earlier's echo then comes from a
+ *   backend that is not echo_pid and invalidates, and the earlier's store,
+ *   finding another tag, expires the entry.
+ * - A PATCH that changes nothing (the same policy again) is not notified:
+ *   its STORED record just expires.  A failed PATCH clears its record, and
+ *   invalidates the entry if it may have committed (timeout, connection
+ *   lost) or if its record was echoed.
+ * - The listener reconnected: notifications may have been lost, the epoch
+ *   is bumped and every entry is stale anyway.  A reload: the old and the
+ *   new worker 0 listen for a while; one takes the echo, the other
+ *   invalidates.  Several nodes: another node's PATCH is a change made
+ *   elsewhere.
+ */
+
 void
-ngx_http_ratelimit_policy_cache_update(ngx_shm_zone_t *zone,
-    ngx_http_ratelimit_policy_lookup_t *lk)
+ngx_http_ratelimit_policy_cache_expect(ngx_shm_zone_t *zone,
+    ngx_http_ratelimit_policy_lookup_t *lk, int pid)
 {
-    ngx_http_ratelimit_policy_node_t   *node;
-    ngx_http_ratelimit_policy_shctx_t  *ctx;
+    ngx_http_ratelimit_policy_node_t       *node;
+    ngx_http_ratelimit_policy_shctx_t      *ctx;
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
 
     ctx = zone->data;
+    rpmcf = ngx_http_ratelimit_policy_conf;
+
+    lk->echo_tag = 0;
+    lk->echo_pid = pid;
+
+    if (pid == 0) {
+        /* no backend: the query will not go out */
+        return;
+    }
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
@@ -1104,11 +1210,66 @@ ngx_http_ratelimit_policy_cache_update(ngx_shm_zone_t *zone,
     if (node != NULL
         && node->state == NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND)
     {
+        if (node->echo == NGX_HTTP_RATELIMIT_POLICY_ECHO_ECHOED) {
+            /* another PATCH was echoed and has not stored its result */
+            node->version++;
+            node->expires = (uint32_t) ngx_current_msec;
+        }
+
+        if (++ctx->sh->echo_tag == 0) {
+            ctx->sh->echo_tag = 1;
+        }
+
+        lk->echo_tag = ctx->sh->echo_tag;
+
+        node->echo = NGX_HTTP_RATELIMIT_POLICY_ECHO_SENT;
+        node->echo_tag = lk->echo_tag;
+        node->echo_pid = pid;
+        node->echo_until = (uint32_t) (ngx_current_msec
+                                       + rpmcf->query_timeout + 1000);
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+}
+
+
+/* a change this node made: store it, and void lookups in flight */
+
+void
+ngx_http_ratelimit_policy_cache_update(ngx_shm_zone_t *zone,
+    ngx_http_ratelimit_policy_lookup_t *lk)
+{
+    ngx_uint_t                          mine;
+    ngx_http_ratelimit_policy_node_t   *node;
+    ngx_http_ratelimit_policy_shctx_t  *ctx;
+
+    ctx = zone->data;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    node = ngx_http_ratelimit_policy_echo_node(ctx, lk, &mine);
+
+    if (node != NULL
+        && node->state == NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND)
+    {
         node->version++;
         node->has_active_plan = (u_char) lk->has_active_plan;
         node->has_slug = (u_char) lk->has_slug;
         node->slug_len = (u_char) lk->slug_len;
         ngx_memcpy(node->slug, lk->slug, lk->slug_len);
+
+        if (!mine) {
+            /* another notification or PATCH came between: look again */
+            node->expires = (uint32_t) ngx_current_msec;
+
+        } else if (node->echo == NGX_HTTP_RATELIMIT_POLICY_ECHO_ECHOED) {
+            node->echo = NGX_HTTP_RATELIMIT_POLICY_ECHO_NONE;
+
+        } else {
+            node->echo = NGX_HTTP_RATELIMIT_POLICY_ECHO_STORED;
+            node->echo_until = (uint32_t) (ngx_current_msec
+                                        + NGX_HTTP_RATELIMIT_POLICY_ECHO_WAIT);
+        }
     }
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
@@ -1116,8 +1277,70 @@ ngx_http_ratelimit_policy_cache_update(ngx_shm_zone_t *zone,
 
 
 void
+ngx_http_ratelimit_policy_cache_abandon(ngx_shm_zone_t *zone,
+    ngx_http_ratelimit_policy_lookup_t *lk, ngx_uint_t committed)
+{
+    ngx_uint_t                          mine;
+    ngx_http_ratelimit_policy_node_t   *node;
+    ngx_http_ratelimit_policy_shctx_t  *ctx;
+
+    if (lk->echo_pid == 0) {
+        /* never sent */
+        return;
+    }
+
+    ctx = zone->data;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    node = ngx_http_ratelimit_policy_echo_node(ctx, lk, &mine);
+
+    if (node != NULL) {
+
+        if (committed
+            || (mine && node->echo == NGX_HTTP_RATELIMIT_POLICY_ECHO_ECHOED))
+        {
+            node->version++;
+            node->expires = (uint32_t) ngx_current_msec;
+        }
+
+        if (mine) {
+            node->echo = NGX_HTTP_RATELIMIT_POLICY_ECHO_NONE;
+        }
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+}
+
+
+/* with the zone locked: the PATCH's entry, and whether its record is live */
+
+static ngx_http_ratelimit_policy_node_t *
+ngx_http_ratelimit_policy_echo_node(ngx_http_ratelimit_policy_shctx_t *ctx,
+    ngx_http_ratelimit_policy_lookup_t *lk, ngx_uint_t *mine)
+{
+    ngx_http_ratelimit_policy_node_t  *node;
+
+    node = ngx_http_ratelimit_policy_shm_lookup(ctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
+                                       lk->instance,
+                                       NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+
+    *mine = node != NULL
+            && lk->echo_tag != 0
+            && node->echo_tag == lk->echo_tag
+            && node->echo_pid == lk->echo_pid
+            && (node->echo == NGX_HTTP_RATELIMIT_POLICY_ECHO_SENT
+                || node->echo == NGX_HTTP_RATELIMIT_POLICY_ECHO_ECHOED)
+            && ngx_http_ratelimit_policy_echo_live(node);
+
+    return node;
+}
+
+
+void
 ngx_http_ratelimit_policy_invalidate(ngx_shm_zone_t *zone, u_char *instance,
-    size_t len)
+    size_t len, int pid)
 {
     ngx_http_ratelimit_policy_node_t   *node;
     ngx_http_ratelimit_policy_shctx_t  *ctx;
@@ -1139,11 +1362,42 @@ ngx_http_ratelimit_policy_invalidate(ngx_shm_zone_t *zone, u_char *instance,
         node = ngx_http_ratelimit_policy_shm_lookup(ctx,
                                        NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
                                        instance, len);
-        if (node != NULL) {
-            node->version++;
-            node->expires = ngx_current_msec;
+        if (node == NULL) {
+            goto done;
         }
+
+        if (pid != 0
+            && node->echo_pid == pid
+            && ngx_http_ratelimit_policy_echo_live(node))
+        {
+            if (node->echo == NGX_HTTP_RATELIMIT_POLICY_ECHO_STORED) {
+                ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                               "ratelimit_policy: echo of the PATCH of "
+                               "\"%*s\", entry kept", len, instance);
+
+                node->echo = NGX_HTTP_RATELIMIT_POLICY_ECHO_NONE;
+                goto done;
+            }
+
+            if (node->echo == NGX_HTTP_RATELIMIT_POLICY_ECHO_SENT) {
+                ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                               "ratelimit_policy: echo of the PATCH of "
+                               "\"%*s\" before its result", len, instance);
+
+                node->echo = NGX_HTTP_RATELIMIT_POLICY_ECHO_ECHOED;
+                node->echo_until = (uint32_t) (ngx_current_msec
+                                       + NGX_HTTP_RATELIMIT_POLICY_ECHO_TRUST);
+                node->version++;
+                goto done;
+            }
+        }
+
+        node->version++;
+        node->expires = (uint32_t) ngx_current_msec;
+        node->echo = NGX_HTTP_RATELIMIT_POLICY_ECHO_NONE;
     }
+
+done:
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 }

@@ -90,6 +90,10 @@ typedef struct {
     ngx_uint_t                    usage_day;
     int64_t                       usage[NGX_HTTP_RATELIMIT_POLICY_NCLASSES];
 
+    /* a PATCH: the tag and the backend of its echo, see cache.c */
+    int                           echo_pid;
+    uint16_t                      echo_tag;
+
     /* private */
     ngx_http_request_t           *request;
     void                        (*resume)(ngx_http_request_t *r);
@@ -126,13 +130,24 @@ void ngx_http_ratelimit_policy_cache_verified(ngx_shm_zone_t *zone,
 ngx_http_ratelimit_policy_policy_t *ngx_http_ratelimit_policy_catalog_find(
     ngx_http_ratelimit_policy_catalog_t *cat, u_char *slug, size_t len);
 
-/* a change this node made: store it, and void lookups in flight */
+/*
+ * A PATCH: its set_instance_policy() is about to go out on backend pid
+ * (expect), and then either its result is stored (update), or it failed
+ * (abandon; committed: it may have changed the database nevertheless).
+ */
+void ngx_http_ratelimit_policy_cache_expect(ngx_shm_zone_t *zone,
+    ngx_http_ratelimit_policy_lookup_t *lk, int pid);
 void ngx_http_ratelimit_policy_cache_update(ngx_shm_zone_t *zone,
     ngx_http_ratelimit_policy_lookup_t *lk);
+void ngx_http_ratelimit_policy_cache_abandon(ngx_shm_zone_t *zone,
+    ngx_http_ratelimit_policy_lookup_t *lk, ngx_uint_t committed);
 
-/* mark an instance ("*": the whole catalogue) as changed */
+/*
+ * mark an instance ("*": the whole catalogue) as changed; pid: the backend
+ * that notified the change, 0 if unknown
+ */
 void ngx_http_ratelimit_policy_invalidate(ngx_shm_zone_t *zone,
-    u_char *instance, size_t len);
+    u_char *instance, size_t len, int pid);
 
 ngx_int_t ngx_http_ratelimit_policy_cache_init_process(ngx_cycle_t *cycle,
     ngx_http_ratelimit_policy_main_conf_t *rpmcf);

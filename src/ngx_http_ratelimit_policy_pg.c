@@ -369,6 +369,7 @@ ngx_http_ratelimit_policy_pg_send(ngx_http_ratelimit_policy_pg_t *pg,
     q->result = NULL;
     q->conn = NULL;
     q->queued = 0;
+    q->backend_pid = 0;
 
     if (pg == NULL) {
         q->rc = NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE;
@@ -972,6 +973,14 @@ ngx_http_ratelimit_policy_pg_run(ngx_http_ratelimit_policy_pg_conn_t *pc,
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, q->log, 0,
                    "ratelimit_policy: query \"%s\" on fd:%d",
                    ngx_http_ratelimit_policy_stmts[q->stmt].name, pc->c->fd);
+
+    /* before the server can run it, and notify */
+
+    q->backend_pid = PQbackendPID(pc->conn);
+
+    if (q->sending) {
+        q->sending(q);
+    }
 
     if (!PQsendQueryPrepared(pc->conn,
                              ngx_http_ratelimit_policy_stmts[q->stmt].name,
@@ -1635,7 +1644,7 @@ ngx_http_ratelimit_policy_pg_notifies(ngx_http_ratelimit_policy_pg_conn_t *pc)
 
             pg->notifications++;
             ngx_http_ratelimit_policy_metrics_notified();
-            pg->notify(pg->notify_data, (u_char *) n->extra, len);
+            pg->notify(pg->notify_data, (u_char *) n->extra, len, n->be_pid);
         }
 
         PQfreemem(n);
@@ -1760,7 +1769,7 @@ ngx_http_ratelimit_policy_listen_done(ngx_http_ratelimit_policy_pg_conn_t *pc,
                       NGX_HTTP_RATELIMIT_POLICY_PG_CHANNEL "\"");
 
         /* the caller decides whether notifications may have been missed */
-        pg->notify(pg->notify_data, NULL, pg->listened);
+        pg->notify(pg->notify_data, NULL, pg->listened, 0);
         pg->listened = 1;
     }
 

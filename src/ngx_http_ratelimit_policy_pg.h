@@ -38,7 +38,7 @@ typedef void (*ngx_http_ratelimit_policy_pg_handler_pt)(
     ngx_http_ratelimit_policy_pg_query_t *q);
 
 typedef void (*ngx_http_ratelimit_policy_pg_notify_pt)(void *data,
-    u_char *payload, size_t len);
+    u_char *payload, size_t len, int pid);
 
 
 struct ngx_http_ratelimit_policy_pg_query_s {
@@ -54,6 +54,14 @@ struct ngx_http_ratelimit_policy_pg_query_s {
     ngx_http_ratelimit_policy_pg_handler_pt   handler;
     void                                     *data;
     ngx_log_t                                *log;
+
+    /*
+     * optional: called when the query is about to be written to a
+     * connection, with backend_pid set to that connection's backend
+     * (the "be_pid" of the notifications its transactions send)
+     */
+    ngx_http_ratelimit_policy_pg_handler_pt   sending;
+    int                                       backend_pid;
 
     /* set before the handler is called; result is freed after it returns */
     ngx_uint_t                                rc;
@@ -91,8 +99,9 @@ time_t ngx_http_ratelimit_policy_pg_retry_after(
     ngx_http_ratelimit_policy_pg_t *pg);
 
 /*
- * LISTEN in this worker: notify(data, payload, len) for each notification,
- * and notify(data, NULL, again) each time the listener starts listening,
+ * LISTEN in this worker: notify(data, payload, len, pid) for each
+ * notification, pid being the backend of the session that sent it, and
+ * notify(data, NULL, again, 0) each time the listener starts listening,
  * again = 0 the first time in this process
  */
 ngx_int_t ngx_http_ratelimit_policy_pg_listen(

@@ -285,7 +285,7 @@ ngx_http_ratelimit_policy_evict(ngx_http_ratelimit_policy_shctx_t *ctx)
         q = ngx_queue_prev(q);
 
         if (rn->loading
-            && (ngx_msec_int_t) (rn->loading - ngx_current_msec) > 0)
+            && (int32_t) (rn->loading - (uint32_t) ngx_current_msec) > 0)
         {
             /* a lookup in flight will write into it */
             continue;

@@ -15,9 +15,12 @@
 
 
 /* bump on any change of the structures below: reload refuses the zone */
-#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5005
+#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5006
 
 #define NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN  16
+
+/* times in the zone are 32-bit milliseconds: a TTL is at most 24 days */
+#define NGX_HTTP_RATELIMIT_POLICY_TTL_MAX       (24 * 86400 * 1000)
 
 #define NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE  1
 #define NGX_HTTP_RATELIMIT_POLICY_NODE_TOKEN     2
@@ -25,6 +28,12 @@
 #define NGX_HTTP_RATELIMIT_POLICY_STATE_NONE      0
 #define NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND     1
 #define NGX_HTTP_RATELIMIT_POLICY_STATE_MISSING   2
+
+/* the echo of this node's own PATCH, see ngx_http_ratelimit_policy_cache.c */
+#define NGX_HTTP_RATELIMIT_POLICY_ECHO_NONE       0
+#define NGX_HTTP_RATELIMIT_POLICY_ECHO_SENT       1
+#define NGX_HTTP_RATELIMIT_POLICY_ECHO_ECHOED     2
+#define NGX_HTTP_RATELIMIT_POLICY_ECHO_STORED     3
 
 /* the sizes of the counters, see ngx_http_ratelimit_policy_metrics.c */
 #define NGX_HTTP_RATELIMIT_POLICY_METRICS_METHODS   4
@@ -48,16 +57,26 @@ typedef struct {
 
     ngx_queue_t                   queue;
 
-    ngx_msec_t                    expires;
-    ngx_msec_t                    loading;      /* loading until, or 0 */
+    /* msec, low bits: compared as (int32_t) (t - (uint32_t) now) */
+    uint32_t                      expires;
+    uint32_t                      loading;      /* loading until, or 0 */
     ngx_pid_t                     loader;
 
     /* unknown instance: tokens looked up since probes_since, see cache.c */
     uint32_t                      probes_since; /* msec, low bits */
     uint32_t                      version;      /* bumped by invalidation */
-    uint32_t                      probes;
+    uint32_t                      epoch;
 
-    ngx_uint_t                    epoch;
+    /*
+     * the echo of this node's PATCH: the backend that runs it, until when
+     * (msec, low bits), its tag and its state, see cache.c; all laid out
+     * so that an instance's node, and a token's, fit a 256-byte chunk
+     */
+    int32_t                       echo_pid;
+    uint32_t                      echo_until;
+    uint16_t                      echo_tag;
+    u_char                        echo;
+    u_char                        probes;
 
     /* enforcement, see ngx_http_ratelimit_policy_usage.h; or NULL */
     struct ngx_http_ratelimit_policy_counters_s  *counters;
@@ -144,6 +163,9 @@ typedef struct {
     /* entries of an older epoch are stale: bumped after a resync */
     ngx_uint_t                    epoch;
     ngx_pid_t                     listener;
+
+    /* the tag of the last PATCH sent, see ngx_http_ratelimit_policy_cache.c */
+    uint16_t                      echo_tag;
 
     /* the policy catalogue, see ngx_http_ratelimit_policy_cache.h */
     u_char                       *catalog;

@@ -826,7 +826,7 @@ ngx_http_ratelimit_policy_counters_t *
 ngx_http_ratelimit_policy_usage_counters(ngx_http_ratelimit_policy_shctx_t *ctx,
     ngx_http_ratelimit_policy_node_t *node)
 {
-    ngx_msec_t                             loading;
+    uint32_t                               loading;
     ngx_http_ratelimit_policy_counters_t  *c;
 
     if (node->counters != NULL) {
@@ -840,7 +840,7 @@ ngx_http_ratelimit_policy_usage_counters(ngx_http_ratelimit_policy_shctx_t *ctx,
      */
 
     loading = node->loading;
-    node->loading = ngx_current_msec + 3600000;
+    node->loading = (uint32_t) (ngx_current_msec + 3600000);
 
     c = ngx_http_ratelimit_policy_shm_alloc(ctx,
                                  sizeof(ngx_http_ratelimit_policy_counters_t));

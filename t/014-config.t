@@ -11,7 +11,7 @@ use RLP;
 repeat_each(1);
 
 # must_die blocks: 1 + one per error_log pattern; the others: see the end
-plan tests => 74;
+plan tests => 76;
 
 no_shuffle();
 run_tests();
@@ -265,6 +265,18 @@ invalid cache time "often"
 --- must_die
 --- error_log
 invalid cache time "0"
+
+
+
+=== TEST 22b: a cache time over 24 days (the zone keeps 32-bit milliseconds)
+--- http_config
+    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO";
+    ratelimit_policy_zone zone=ratelimit:8m;
+    ratelimit_policy_cache_ttl 25d negative=5s;
+--- config
+--- must_die
+--- error_log
+invalid cache time "25d" (1ms to 24d)
 
 
 

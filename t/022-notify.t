@@ -17,6 +17,13 @@
 # the block's request then asserts the new state: "visible within one
 # second".
 #
+# TEST 21-27: the notification of this node's own PATCH (its "echo") does not
+# throw away the entry that the PATCH stored (no lookup after it), while a
+# change made elsewhere just before or just after the PATCH, or by node B
+# right after it, is still seen within one second; also when the PATCH
+# changed nothing and so sends no notification at all (TEST 26, 27: a
+# notification merely counted against an expected echo would be lost).
+#
 # Node B: a second nginx with the module, started from this file
 # (t/servroot2, its own port, its own zone, master_process off, daemon off,
 # as a child of `timeout -s KILL 300`, stopped at the end of the file).
@@ -92,6 +99,20 @@ sub prime {
                && $r->{content} =~ /"current_policy":"\Q$current\E"/;
     return;
 }
+
+# PATCH on a node: must answer 200 with this effective policy
+sub patch_on {
+    my ($port, $path, $current) = @_;
+    my $r = HTTP::Tiny->new(timeout => 10)
+                      ->request('PATCH', "http://127.0.0.1:$port$path");
+    die "PATCH $path: $r->{status} $r->{content}\n"
+        unless $r->{status} == 200
+               && $r->{content} =~ /"current_policy":"\Q$current\E"/;
+    return;
+}
+
+sub patch_a { return patch_on($ENV{TEST_NGINX_SERVER_PORT}, @_) }
+sub patch_b { return patch_on($B{port}, @_) }
 
 sub current_is {
     my ($getter, $path, $current) = @_;
@@ -703,3 +724,167 @@ system("(sleep 0.4; $ENV{TEST_NGINX_PG_BIN}/psql -X -q -d"
 RLPDoc::doc(current => 'standard_policy', plan => 0)
 --- no_error_log
 gave up waiting
+
+
+
+=== TEST 21: the echo of this node's PATCH keeps the entry: no lookup for the next PATCH, GET or enforced request
+--- config
+    location = /v2/session/rate-limit {
+        ratelimit_policy_api;
+    }
+
+    location /upstream/ {
+        return 200 "upstream\n";
+    }
+
+    location /send {
+        ratelimit_policy_enforce send_message;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/upstream/;
+    }
+--- init
+main::settle();
+install_counters();
+main::prime(\&main::get_a, $main::Free3, 'standard_policy');
+pg_stat_reset();
+main::patch_a("$main::Free3&policy_slug=strict", 'strict');
+main::patch_a("$main::Free3&policy_slug=standard_policy", 'standard_policy');
+main::patch_a("$main::Free3&policy_slug=strict", 'strict');
+# the three notifications have come back meanwhile
+Time::HiRes::sleep(0.5);
+--- request eval
+["GET $main::Free3",
+ "GET /send?instance_id=FREE00000003&access_token=free-token-1001"]
+--- error_code eval
+[200, 200]
+--- response_body eval
+[RLPDoc::doc(current => 'strict', plan => 0), "upstream\n"]
+--- db_check
+SELECT rlp_test.module_queries();
+--- db_check_out
+lookups=0 catalogues=0
+
+
+
+=== TEST 22: psql revokes the plan, committed just before the PATCH's change (which waits for its lock): seen
+--- init
+main::settle();
+main::prime(\&main::get_a, $main::Paid1, 'business');
+# the revocation holds the account's row lock for 0.5 s: the FOR SHARE of
+# set_instance_policy() waits for it, so it commits (and notifies) first
+system("$ENV{TEST_NGINX_PG_BIN}/psql -X -q -d '$ENV{TEST_NGINX_PG_CONNINFO}'"
+       . " -c \"BEGIN; UPDATE ratelimit.accounts"
+       . " SET plan_active_until = now() - interval '1 day'"
+       . " WHERE account_id = 1002;"
+       . " SELECT 'rlp_revoke_lock', pg_sleep(0.5); COMMIT;\""
+       . " > /dev/null 2>&1 &") == 0
+    or die "cannot start psql";
+RLPHelpers::wait_until(5, sub {
+    psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE"
+         . " '%rlp_revoke_lock%' AND state = 'active'"
+         . " AND pid <> pg_backend_pid()") =~ /^1/ })
+    or die "the revoking session did not start\n";
+my $t0 = Time::HiRes::time();
+main::patch_a("$main::Paid1&policy_slug=strict", 'strict');
+my $waited = Time::HiRes::time() - $t0;
+Test::More::note(sprintf("the PATCH took %.2fs", $waited));
+Time::HiRes::sleep(0.9);
+--- request eval
+"GET $main::Paid1"
+--- response_body eval
+RLPDoc::doc(current => 'strict', plan => 0)
+
+
+
+=== TEST 23: psql revokes the plan right after a PATCH: seen within one second
+--- init
+main::settle();
+main::prime(\&main::get_a, $main::Paid1, 'business');
+main::patch_a("$main::Paid1&policy_slug=high_throughput", 'high_throughput');
+main::change("UPDATE ratelimit.accounts"
+             . " SET plan_active_until = now() - interval '1 day'"
+             . " WHERE account_id = 1002");
+--- request eval
+"GET $main::Paid1"
+--- response_body eval
+RLPDoc::doc(current => 'standard_policy', plan => 0,
+            stored => 'high_throughput')
+
+
+
+=== TEST 24: psql sets the policy back right after a PATCH: seen within one second
+--- init
+main::settle();
+main::prime(\&main::get_a, $main::Free3, 'standard_policy');
+my $s = main::session_open();
+main::patch_a("$main::Free3&policy_slug=strict", 'strict');
+# from a session already open: within milliseconds of the PATCH's answer
+main::session_do($s, "UPDATE ratelimit.instances SET policy_slug ="
+                     . " 'standard_policy' WHERE instance_id = 'FREE00000003';");
+main::session_close($s);
+Time::HiRes::sleep(0.9);
+--- request eval
+"GET $main::Free3"
+--- response_body eval
+RLPDoc::doc(current => 'standard_policy', plan => 0)
+
+
+
+=== TEST 25: two nodes: node B's PATCH right after this node's PATCH reaches this node
+--- init
+main::node_b_start();
+main::settle();
+main::prime(\&main::get_a, $main::Free3, 'standard_policy');
+main::prime(\&main::get_b, $main::Free3, 'standard_policy');
+main::patch_a("$main::Free3&policy_slug=strict", 'strict');
+main::patch_b("$main::Free3&policy_slug=standard_policy", 'standard_policy');
+Time::HiRes::sleep(0.9);
+--- request eval
+["GET $main::Free3", "GET /nodeb$main::Free3"]
+--- error_code eval
+[200, 200]
+--- response_body eval
+[RLPDoc::doc(current => 'standard_policy', plan => 0),
+ RLPDoc::doc(current => 'standard_policy', plan => 0)]
+
+
+
+=== TEST 26: a PATCH that changes nothing (no notification of its own) waits for a plan granted by psql: seen
+--- init
+main::settle();
+main::prime(\&main::get_a, $main::Free3, 'standard_policy');
+# the grant holds account 1001's row lock for 0.5 s; the PATCH, which sets
+# the policy the instance already has, waits for it: the grant's
+# notification comes while the PATCH is in flight, and none of its own
+system("$ENV{TEST_NGINX_PG_BIN}/psql -X -q -d '$ENV{TEST_NGINX_PG_CONNINFO}'"
+       . " -c \"BEGIN; UPDATE ratelimit.accounts"
+       . " SET plan_active_until = now() + interval '1 day'"
+       . " WHERE account_id = 1001;"
+       . " SELECT 'rlp_grant_lock', pg_sleep(0.5); COMMIT;\""
+       . " > /dev/null 2>&1 &") == 0
+    or die "cannot start psql";
+RLPHelpers::wait_until(5, sub {
+    psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE"
+         . " '%rlp_grant_lock%' AND state = 'active'"
+         . " AND pid <> pg_backend_pid()") =~ /^1/ })
+    or die "the granting session did not start\n";
+main::patch_a("$main::Free3&policy_slug=standard_policy", 'standard_policy');
+Time::HiRes::sleep(0.9);
+--- request eval
+"GET $main::Free3"
+--- response_body eval
+RLPDoc::doc(current => 'standard_policy', plan => 1)
+
+
+
+=== TEST 27: a PATCH that changes nothing, then psql grants a plan right after: seen within one second
+--- init
+main::settle();
+main::prime(\&main::get_a, $main::Free3, 'standard_policy');
+main::patch_a("$main::Free3&policy_slug=standard_policy", 'standard_policy');
+main::change("UPDATE ratelimit.accounts"
+             . " SET plan_active_until = now() + interval '1 day'"
+             . " WHERE account_id = 1001");
+--- request eval
+"GET $main::Free3"
+--- response_body eval
+RLPDoc::doc(current => 'standard_policy', plan => 1)
