@@ -77,27 +77,6 @@ sub today_count {
     return $n;
 }
 
-sub master_pid {
-    my $f = "$ENV{TEST_NGINX_SERVER_ROOT}/logs/nginx.pid";
-    open my $in, '<', $f or die "$f: $!";
-    chomp(my $pid = <$in>);
-    close $in;
-    return $pid;
-}
-
-sub workers_of {
-    my $ppid = shift;
-    my @pids;
-    opendir my $dh, '/proc' or return;
-    for my $p (grep { /^\d+$/ } readdir $dh) {
-        open my $in, '<', "/proc/$p/stat" or next;
-        my $stat = <$in> // '';
-        close $in;
-        push @pids, $p if $stat =~ /\)\s+[RSD]\s+(\d+)/ && $1 == $ppid;
-    }
-    return sort @pids;
-}
-
 # a second nginx node on the same database, with its own zone
 our ($Node2Dir, $Node2Port);
 

@@ -83,30 +83,6 @@ sub canary_during {
     return ($worst, @ret);
 }
 
-sub master_pid {
-    my $f = "$ENV{TEST_NGINX_SERVER_ROOT}/logs/nginx.pid";
-    open my $in, '<', $f or die "$f: $!";
-    chomp(my $pid = <$in>);
-    close $in;
-    return $pid;
-}
-
-# the nginx worker processes of a master (a sanitizer's helper process
-# would not be one)
-sub workers_of {
-    my $ppid = shift;
-    my @pids;
-    opendir my $dh, '/proc' or return;
-    for my $p (grep { /^\d+$/ } readdir $dh) {
-        open my $in, '<', "/proc/$p/stat" or next;
-        my $stat = <$in> // '';
-        close $in;
-        push @pids, $p if $stat =~ /^\d+ \(nginx\)\s+[RSD]\s+(\d+)/
-                          && $1 == $ppid;
-    }
-    return sort @pids;
-}
-
 sub module_backends {
     my $where = shift // '';
     my $n = psql("SELECT count(*) FROM pg_stat_activity"

@@ -87,7 +87,7 @@ use base 'Exporter';
 our @EXPORT = qw(
     api_path http_get http_request http_parallel wait_listener wait_until
     lookups catalogues slow_instance restore_schema pg_is_up pg_ensure_up
-    free_port install_counters without_notify
+    free_port install_counters without_notify master_pid workers_of
 );
 
 for my $f (@EXPORT) {
@@ -390,6 +390,31 @@ sub pg_ensure_up {
     return 1 if pg_is_up();
     RLP::pg_start();
     return pg_is_up();
+}
+
+# the pid of the block's nginx master (master_on() blocks)
+sub master_pid {
+    my $f = "$ENV{TEST_NGINX_SERVER_ROOT}/logs/nginx.pid";
+    open my $in, '<', $f or die "$f: $!";
+    chomp(my $pid = <$in>);
+    close $in;
+    return $pid;
+}
+
+# the nginx worker processes of a master, sorted (a sanitizer's helper
+# process would not be one)
+sub workers_of {
+    my $ppid = shift;
+    my @pids;
+    opendir my $dh, '/proc' or return;
+    for my $p (grep { /^\d+$/ } readdir $dh) {
+        open my $in, '<', "/proc/$p/stat" or next;
+        my $stat = <$in> // '';
+        close $in;
+        push @pids, $p if $stat =~ /^\d+ \(nginx\)\s+[RSD]\s+(\d+)/
+                          && $1 == $ppid;
+    }
+    return sort @pids;
 }
 
 sub free_port {
