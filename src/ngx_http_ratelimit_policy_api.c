@@ -495,8 +495,6 @@ ngx_http_ratelimit_policy_authorize(ngx_http_request_t *r,
 
     /* the effective policy */
 
-    rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
-
     stored = NULL;
 
     if (lk->has_slug) {
