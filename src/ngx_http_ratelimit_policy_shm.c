@@ -2,9 +2,11 @@
 /*
  * Copyright (C) ngx_http_ratelimit_policy_module authors
  *
- * The shared memory zone: one rbtree of entries (instances and, for
- * unknown instances, token digests) with a least-recently-used queue, and
- * the policy catalogue.  The zone is kept across reloads; a zone left by
+ * The shared memory zone: entries (instances and, for unknown instances,
+ * token digests) in a hash index of chained buckets, with a
+ * least-recently-used queue, and the policy catalogue.  A lookup reads a
+ * bucket and the entries of its chain, about one: an rbtree walk read a
+ * dozen nodes scattered in memory, most of them cache misses.  The zone is kept across reloads; a zone left by
  * an incompatible build of the module is refused.
  */
 
@@ -16,11 +18,8 @@
 #include "ngx_http_ratelimit_policy_usage.h"
 
 
-static void ngx_http_ratelimit_policy_rbtree_insert_value(
-    ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
-    ngx_rbtree_node_t *sentinel);
-static ngx_int_t ngx_http_ratelimit_policy_node_cmp(
-    ngx_http_ratelimit_policy_node_t *a, ngx_http_ratelimit_policy_node_t *b);
+static uint32_t ngx_http_ratelimit_policy_shm_hash(ngx_uint_t type,
+    u_char *key, size_t len);
 static void ngx_http_ratelimit_policy_shm_random_key(u_char *key, size_t len,
     ngx_log_t *log);
 static ngx_uint_t ngx_http_ratelimit_policy_evict(
@@ -33,6 +32,7 @@ ngx_http_ratelimit_policy_shm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ngx_http_ratelimit_policy_shctx_t  *octx = data;
 
     size_t                              len;
+    ngx_uint_t                          n;
     ngx_http_ratelimit_policy_shctx_t  *ctx;
 
     ctx = shm_zone->data;
@@ -76,8 +76,21 @@ ngx_http_ratelimit_policy_shm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ctx->shpool->data = ctx->sh;
 
-    ngx_rbtree_init(&ctx->sh->rbtree, &ctx->sh->sentinel,
-                    ngx_http_ratelimit_policy_rbtree_insert_value);
+    /*
+     * a bucket for every 512 bytes of the zone, a power of two: entries
+     * take at least a 256-byte chunk, so chains stay short even when the
+     * zone is full
+     */
+
+    for (n = 64; n < shm_zone->shm.size / 512; n <<= 1) { /* void */ }
+
+    ctx->sh->buckets = ngx_slab_calloc(ctx->shpool,
+                                n * sizeof(ngx_http_ratelimit_policy_node_t *));
+    if (ctx->sh->buckets == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->sh->mask = n - 1;
 
     ngx_queue_init(&ctx->sh->lru);
 
@@ -105,56 +118,10 @@ ngx_http_ratelimit_policy_shm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 }
 
 
-static ngx_int_t
-ngx_http_ratelimit_policy_node_cmp(ngx_http_ratelimit_policy_node_t *a,
-    ngx_http_ratelimit_policy_node_t *b)
+static uint32_t
+ngx_http_ratelimit_policy_shm_hash(ngx_uint_t type, u_char *key, size_t len)
 {
-    if (a->type != b->type) {
-        return (ngx_int_t) a->type - (ngx_int_t) b->type;
-    }
-
-    return ngx_memn2cmp(a->key, b->key, a->key_len, b->key_len);
-}
-
-
-static void
-ngx_http_ratelimit_policy_rbtree_insert_value(ngx_rbtree_node_t *temp,
-    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
-{
-    ngx_rbtree_node_t                 **p;
-    ngx_http_ratelimit_policy_node_t   *n, *t;
-
-    for ( ;; ) {
-
-        if (node->key < temp->key) {
-
-            p = &temp->left;
-
-        } else if (node->key > temp->key) {
-
-            p = &temp->right;
-
-        } else { /* node->key == temp->key */
-
-            n = (ngx_http_ratelimit_policy_node_t *) &node->color;
-            t = (ngx_http_ratelimit_policy_node_t *) &temp->color;
-
-            p = (ngx_http_ratelimit_policy_node_cmp(n, t) < 0)
-                ? &temp->left : &temp->right;
-        }
-
-        if (*p == sentinel) {
-            break;
-        }
-
-        temp = *p;
-    }
-
-    *p = node;
-    node->parent = temp;
-    node->left = sentinel;
-    node->right = sentinel;
-    ngx_rbt_red(node);
+    return ngx_crc32_long(key, len) ^ (uint32_t) type;
 }
 
 
@@ -163,45 +130,22 @@ ngx_http_ratelimit_policy_shm_lookup(ngx_http_ratelimit_policy_shctx_t *ctx,
     ngx_uint_t type, u_char *key, size_t len)
 {
     uint32_t                           hash;
-    ngx_int_t                          rc;
-    ngx_rbtree_node_t                 *node, *sentinel;
     ngx_http_ratelimit_policy_node_t  *n;
 
-    hash = ngx_crc32_long(key, len) ^ (uint32_t) type;
+    hash = ngx_http_ratelimit_policy_shm_hash(type, key, len);
 
-    node = ctx->sh->rbtree.root;
-    sentinel = ctx->sh->rbtree.sentinel;
+    for (n = ctx->sh->buckets[hash & ctx->sh->mask]; n; n = n->next) {
 
-    while (node != sentinel) {
-
-        if (hash < node->key) {
-            node = node->left;
-            continue;
-        }
-
-        if (hash > node->key) {
-            node = node->right;
-            continue;
-        }
-
-        /* hash == node->key */
-
-        n = (ngx_http_ratelimit_policy_node_t *) &node->color;
-
-        rc = (ngx_int_t) type - (ngx_int_t) n->type;
-
-        if (rc == 0) {
-            rc = ngx_memn2cmp(key, n->key, len, (size_t) n->key_len);
-        }
-
-        if (rc == 0) {
+        if (n->hash == hash
+            && n->type == type
+            && n->key_len == len
+            && ngx_memcmp(n->key, key, len) == 0)
+        {
             ngx_queue_remove(&n->queue);
             ngx_queue_insert_head(&ctx->sh->lru, &n->queue);
 
             return n;
         }
-
-        node = (rc < 0) ? node->left : node->right;
     }
 
     return NULL;
@@ -212,30 +156,28 @@ ngx_http_ratelimit_policy_node_t *
 ngx_http_ratelimit_policy_shm_create(ngx_http_ratelimit_policy_shctx_t *ctx,
     ngx_uint_t type, u_char *key, size_t len)
 {
-    size_t                             size;
-    ngx_rbtree_node_t                 *node;
-    ngx_http_ratelimit_policy_node_t  *n;
+    size_t                              size;
+    ngx_http_ratelimit_policy_node_t   *n, **bucket;
 
-    size = offsetof(ngx_rbtree_node_t, color)
-           + offsetof(ngx_http_ratelimit_policy_node_t, key)
-           + len;
+    size = offsetof(ngx_http_ratelimit_policy_node_t, key) + len;
 
-    node = ngx_http_ratelimit_policy_shm_alloc(ctx, size);
-    if (node == NULL) {
+    n = ngx_http_ratelimit_policy_shm_alloc(ctx, size);
+    if (n == NULL) {
         return NULL;
     }
 
-    n = (ngx_http_ratelimit_policy_node_t *) &node->color;
+    ngx_memzero(n, size);
 
-    ngx_memzero(n, size - offsetof(ngx_rbtree_node_t, color));
-
-    node->key = ngx_crc32_long(key, len) ^ (uint32_t) type;
-
+    n->hash = ngx_http_ratelimit_policy_shm_hash(type, key, len);
     n->type = (u_char) type;
     n->key_len = (u_char) len;
     ngx_memcpy(n->key, key, len);
 
-    ngx_rbtree_insert(&ctx->sh->rbtree, node);
+    bucket = &ctx->sh->buckets[n->hash & ctx->sh->mask];
+
+    n->next = *bucket;
+    *bucket = n;
+
     ngx_queue_insert_head(&ctx->sh->lru, &n->queue);
     ctx->sh->entries++;
 
@@ -270,10 +212,9 @@ ngx_http_ratelimit_policy_shm_alloc(ngx_http_ratelimit_policy_shctx_t *ctx,
 static ngx_uint_t
 ngx_http_ratelimit_policy_evict(ngx_http_ratelimit_policy_shctx_t *ctx)
 {
-    ngx_uint_t                         n;
-    ngx_queue_t                       *q;
-    ngx_rbtree_node_t                 *node;
-    ngx_http_ratelimit_policy_node_t  *rn;
+    ngx_uint_t                          n;
+    ngx_queue_t                        *q;
+    ngx_http_ratelimit_policy_node_t   *rn, **p;
 
     n = 0;
 
@@ -300,15 +241,19 @@ ngx_http_ratelimit_policy_evict(ngx_http_ratelimit_policy_shctx_t *ctx)
 
         ngx_queue_remove(&rn->queue);
 
-        node = (ngx_rbtree_node_t *)
-                   ((u_char *) rn - offsetof(ngx_rbtree_node_t, color));
+        for (p = &ctx->sh->buckets[rn->hash & ctx->sh->mask];
+             *p != rn;
+             p = &(*p)->next)
+        {
+            /* void */
+        }
 
-        ngx_rbtree_delete(&ctx->sh->rbtree, node);
+        *p = rn->next;
 
         /* see ngx_http_ratelimit_policy_shm_alive() */
         rn->type = 0;
 
-        ngx_slab_free_locked(ctx->shpool, node);
+        ngx_slab_free_locked(ctx->shpool, rn);
 
         ctx->sh->entries--;
         ngx_http_ratelimit_policy_stat(ctx, evictions);

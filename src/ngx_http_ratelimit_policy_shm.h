@@ -15,7 +15,7 @@
 
 
 /* bump on any change of the structures below: reload refuses the zone */
-#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5006
+#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5007
 
 #define NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN  16
 
@@ -45,8 +45,14 @@
 #define NGX_HTTP_RATELIMIT_POLICY_METRICS_PROCS     64
 
 
-typedef struct {
-    u_char                        color;
+typedef struct ngx_http_ratelimit_policy_node_s
+    ngx_http_ratelimit_policy_node_t;
+
+struct ngx_http_ratelimit_policy_node_s {
+    /* the next entry of its hash bucket, and its hash */
+    ngx_http_ratelimit_policy_node_t  *next;
+    uint32_t                      hash;
+
     u_char                        type;
     u_char                        state;
     u_char                        has_active_plan;
@@ -90,7 +96,7 @@ typedef struct {
                                       NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN];
 
     u_char                        key[1];
-} ngx_http_ratelimit_policy_node_t;
+};
 
 
 /* a worker's gauges: its slot is found by pid, a dead pid's is ignored */
@@ -155,8 +161,10 @@ typedef struct {
     /* the key of the token verifiers, random for each zone */
     u_char                        key[NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN];
 
-    ngx_rbtree_t                  rbtree;
-    ngx_rbtree_node_t             sentinel;
+    /* the hash index of the entries: mask + 1 buckets, a power of two */
+    ngx_http_ratelimit_policy_node_t  **buckets;
+    ngx_uint_t                    mask;
+
     ngx_queue_t                   lru;
     ngx_uint_t                    entries;
 
