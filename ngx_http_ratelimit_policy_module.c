@@ -285,6 +285,7 @@ ngx_http_ratelimit_policy_create_main_conf(ngx_conf_t *cf)
 
     rpmcf->pool_size = NGX_CONF_UNSET_UINT;
     rpmcf->queue_size = NGX_CONF_UNSET_UINT;
+    rpmcf->pipeline = NGX_CONF_UNSET_UINT;
     rpmcf->connect_timeout = NGX_CONF_UNSET_MSEC;
     rpmcf->query_timeout = NGX_CONF_UNSET_MSEC;
     rpmcf->cache_ttl = NGX_CONF_UNSET_MSEC;
@@ -301,6 +302,7 @@ ngx_http_ratelimit_policy_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_uint_value(rpmcf->pool_size, 4);
     ngx_conf_init_uint_value(rpmcf->queue_size, 256);
+    ngx_conf_init_uint_value(rpmcf->pipeline, 8);
     ngx_conf_init_msec_value(rpmcf->connect_timeout, 3000);
     ngx_conf_init_msec_value(rpmcf->query_timeout, 3000);
     ngx_conf_init_msec_value(rpmcf->cache_ttl, 30000);
@@ -428,6 +430,20 @@ ngx_http_ratelimit_policy_db(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             rpmcf->queue_size = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "pipeline=", 9) == 0) {
+
+            n = ngx_atoi(value[i].data + 9, value[i].len - 9);
+            if (n < 1 || n > 256) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid pipeline depth \"%V\", "
+                                   "it must be from 1 to 256", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            rpmcf->pipeline = n;
             continue;
         }
 

@@ -42,6 +42,7 @@ typedef struct {
     ngx_array_t                 *pg_values;      /* const char * */
     ngx_uint_t                   pool_size;
     ngx_uint_t                   queue_size;
+    ngx_uint_t                   pipeline;       /* lookups per connection */
     ngx_msec_t                   connect_timeout;
     ngx_msec_t                   query_timeout;
 

@@ -45,10 +45,26 @@ typedef struct {
     ngx_connection_t                       *c;
     ngx_uint_t                              state;
     ngx_uint_t                              prepared;
-    ngx_http_ratelimit_policy_pg_query_t   *query;
+
+    /* the queries sent, in order; more than one only in pipeline mode */
+    ngx_queue_t                             inflight;
+    ngx_uint_t                              ninflight;
+
     PGresult                               *result;
     ngx_event_t                             connect_timer;
     unsigned                                listener:1;
+
+    /* in libpq's pipeline mode: every query is followed by a Sync */
+    unsigned                                pipeline:1;
+
+    /* a query other than a lookup is in flight: nothing follows it */
+    unsigned                                exclusive:1;
+
+    /* the results of the first query in flight are in, its Sync is next */
+    unsigned                                results:1;
+
+    /* a query could not be sent: closed at the next event */
+    unsigned                                broken:1;
 } ngx_http_ratelimit_policy_pg_conn_t;
 
 
@@ -95,6 +111,13 @@ static ngx_int_t ngx_http_ratelimit_policy_pg_watch(
 static void ngx_http_ratelimit_policy_pg_event_handler(ngx_event_t *ev);
 static void ngx_http_ratelimit_policy_pg_read(
     ngx_http_ratelimit_policy_pg_conn_t *pc);
+static void ngx_http_ratelimit_policy_pg_read_pipeline(
+    ngx_http_ratelimit_policy_pg_conn_t *pc);
+static ngx_http_ratelimit_policy_pg_conn_t *ngx_http_ratelimit_policy_pg_pick(
+    ngx_http_ratelimit_policy_pg_t *pg, ngx_http_ratelimit_policy_pg_query_t *q,
+    ngx_uint_t follow);
+static void ngx_http_ratelimit_policy_pg_arm(ngx_http_ratelimit_policy_pg_t *pg,
+    ngx_http_ratelimit_policy_pg_query_t *q);
 static void ngx_http_ratelimit_policy_pg_flush(
     ngx_http_ratelimit_policy_pg_conn_t *pc);
 static void ngx_http_ratelimit_policy_pg_prepare_next(
@@ -229,6 +252,7 @@ ngx_http_ratelimit_policy_pg_init_process(ngx_cycle_t *cycle,
 
     for (i = 0; i < pg->nconns; i++) {
         pg->conns[i].pg = pg;
+        ngx_queue_init(&pg->conns[i].inflight);
         pg->conns[i].connect_timer.handler =
                                   ngx_http_ratelimit_policy_pg_connect_timeout;
         pg->conns[i].connect_timer.data = &pg->conns[i];
@@ -379,27 +403,24 @@ ngx_http_ratelimit_policy_pg_send(ngx_http_ratelimit_policy_pg_t *pg,
     q->pg = pg;
     q->started = ngx_http_ratelimit_policy_metrics_clock();
 
-    for (i = 0; i < pg->nconns; i++) {
-        pc = &pg->conns[i];
+    /* an idle connection; for a lookup, one running lookups, if none waits */
 
-        if (pc->state == NGX_HTTP_RATELIMIT_POLICY_PG_IDLE) {
-            ngx_memzero(&q->timer, sizeof(ngx_event_t));
-            q->timer.handler = ngx_http_ratelimit_policy_pg_query_timeout;
-            q->timer.data = q;
-            q->timer.log = q->log;
-            ngx_add_timer(&q->timer, pg->rpmcf->query_timeout);
+    pc = ngx_http_ratelimit_policy_pg_pick(pg, q,
+                                           ngx_queue_empty(&pg->waiting));
 
-            if (ngx_http_ratelimit_policy_pg_run(pc, q) == NGX_OK) {
-                return NGX_OK;
-            }
+    if (pc != NULL) {
+        ngx_http_ratelimit_policy_pg_arm(pg, q);
 
-            /* never call the handler from within the send */
-
-            ngx_del_timer(&q->timer);
-            q->rc = NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE;
-            ngx_http_ratelimit_policy_metrics_query(q->stmt, q->rc, 0);
-            return NGX_DECLINED;
+        if (ngx_http_ratelimit_policy_pg_run(pc, q) == NGX_OK) {
+            return NGX_OK;
         }
+
+        /* never call the handler from within the send */
+
+        ngx_del_timer(&q->timer);
+        q->rc = NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE;
+        ngx_http_ratelimit_policy_metrics_query(q->stmt, q->rc, 0);
+        return NGX_DECLINED;
     }
 
     if (pg->nwaiting >= pg->rpmcf->queue_size) {
@@ -443,11 +464,7 @@ ngx_http_ratelimit_policy_pg_send(ngx_http_ratelimit_policy_pg_t *pg,
         return NGX_DECLINED;
     }
 
-    ngx_memzero(&q->timer, sizeof(ngx_event_t));
-    q->timer.handler = ngx_http_ratelimit_policy_pg_query_timeout;
-    q->timer.data = q;
-    q->timer.log = q->log;
-    ngx_add_timer(&q->timer, pg->rpmcf->query_timeout);
+    ngx_http_ratelimit_policy_pg_arm(pg, q);
 
     ngx_queue_insert_tail(&pg->waiting, &q->queue);
     pg->nwaiting++;
@@ -456,6 +473,65 @@ ngx_http_ratelimit_policy_pg_send(ngx_http_ratelimit_policy_pg_t *pg,
     ngx_http_ratelimit_policy_metrics_waiting(pg->nwaiting);
 
     return NGX_OK;
+}
+
+
+/*
+ * The connection for a query: an idle one; failing that, with "follow",
+ * for a lookup, the connection in pipeline mode that runs the fewest
+ * lookups, fewer than "pipeline=", and nothing else.  Other statements
+ * (a PATCH that may wait for a lock, the usage write-behind) run alone,
+ * so that no lookup waits behind them.
+ */
+
+static ngx_http_ratelimit_policy_pg_conn_t *
+ngx_http_ratelimit_policy_pg_pick(ngx_http_ratelimit_policy_pg_t *pg,
+    ngx_http_ratelimit_policy_pg_query_t *q, ngx_uint_t follow)
+{
+    ngx_uint_t                            i;
+    ngx_http_ratelimit_policy_pg_conn_t  *pc, *best;
+
+    for (i = 0; i < pg->nconns; i++) {
+        if (pg->conns[i].state == NGX_HTTP_RATELIMIT_POLICY_PG_IDLE) {
+            return &pg->conns[i];
+        }
+    }
+
+    if (!follow || q->stmt != NGX_HTTP_RATELIMIT_POLICY_STMT_LOOKUP) {
+        return NULL;
+    }
+
+    best = NULL;
+
+    for (i = 0; i < pg->nconns; i++) {
+        pc = &pg->conns[i];
+
+        if (pc->state == NGX_HTTP_RATELIMIT_POLICY_PG_BUSY
+            && pc->pipeline
+            && !pc->exclusive
+            && !pc->broken
+            && pc->ninflight < pg->rpmcf->pipeline
+            && (best == NULL || pc->ninflight < best->ninflight))
+        {
+            best = pc;
+        }
+    }
+
+    return best;
+}
+
+
+/* the query's time, from now: waiting for a connection, then running */
+
+static void
+ngx_http_ratelimit_policy_pg_arm(ngx_http_ratelimit_policy_pg_t *pg,
+    ngx_http_ratelimit_policy_pg_query_t *q)
+{
+    ngx_memzero(&q->timer, sizeof(ngx_event_t));
+    q->timer.handler = ngx_http_ratelimit_policy_pg_query_timeout;
+    q->timer.data = q;
+    q->timer.log = q->log;
+    ngx_add_timer(&q->timer, pg->rpmcf->query_timeout);
 }
 
 
@@ -657,6 +733,11 @@ ngx_http_ratelimit_policy_pg_event_handler(ngx_event_t *ev)
     case NGX_HTTP_RATELIMIT_POLICY_PG_PREPARING:
     case NGX_HTTP_RATELIMIT_POLICY_PG_BUSY:
 
+        if (pc->broken) {
+            ngx_http_ratelimit_policy_pg_broken(pc, "sending");
+            return;
+        }
+
         if (ev->write) {
             ngx_http_ratelimit_policy_pg_flush(pc);
             return;
@@ -794,6 +875,20 @@ ngx_http_ratelimit_policy_pg_prepare_next(
             ngx_del_timer(&pc->connect_timer);
         }
 
+        /* lookups follow one another without waiting for the answers */
+
+        if (pg->rpmcf->pipeline > 1) {
+            if (!PQenterPipelineMode(pc->conn)) {
+                ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                              "ratelimit_policy: PQenterPipelineMode() "
+                              "failed: %s", PQerrorMessage(pc->conn));
+                ngx_http_ratelimit_policy_pg_connect_failed(pc);
+                return;
+            }
+
+            pc->pipeline = 1;
+        }
+
         pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_IDLE;
         pg->failed = 0;
         pg->backoff = 0;
@@ -926,6 +1021,11 @@ ngx_http_ratelimit_policy_pg_read(ngx_http_ratelimit_policy_pg_conn_t *pc)
 
     ngx_http_ratelimit_policy_pg_notifies(pc);
 
+    if (pc->pipeline) {
+        ngx_http_ratelimit_policy_pg_read_pipeline(pc);
+        return;
+    }
+
     for ( ;; ) {
 
         if (PQisBusy(pc->conn)) {
@@ -964,6 +1064,66 @@ ngx_http_ratelimit_policy_pg_read(ngx_http_ratelimit_policy_pg_conn_t *pc)
 }
 
 
+/*
+ * In pipeline mode each query in flight yields its results, a NULL, then
+ * the PGRES_PIPELINE_SYNC of its Sync; the query is answered at the Sync,
+ * when its implicit transaction has ended, as PQgetResult()'s final NULL
+ * says outside pipeline mode.
+ */
+
+static void
+ngx_http_ratelimit_policy_pg_read_pipeline(
+    ngx_http_ratelimit_policy_pg_conn_t *pc)
+{
+    PGresult  *res;
+
+    while (pc->ninflight
+           && pc->state == NGX_HTTP_RATELIMIT_POLICY_PG_BUSY
+           && !pc->broken)
+    {
+        if (PQisBusy(pc->conn)) {
+            /* level-triggered: the next read event comes by itself */
+            return;
+        }
+
+        res = PQgetResult(pc->conn);
+
+        if (!pc->results) {
+
+            if (res == NULL) {
+                pc->results = 1;
+
+            } else if (pc->result == NULL) {
+                pc->result = res;
+
+            } else {
+                PQclear(res);
+            }
+
+            continue;
+        }
+
+        if (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
+            if (res) {
+                PQclear(res);
+            }
+
+            ngx_http_ratelimit_policy_pg_broken(pc, "pipeline out of step");
+            return;
+        }
+
+        PQclear(res);
+
+        pc->results = 0;
+
+        res = pc->result;
+        pc->result = NULL;
+
+        ngx_http_ratelimit_policy_pg_done(pc, res);
+    }
+}
+
+
 static ngx_int_t
 ngx_http_ratelimit_policy_pg_run(ngx_http_ratelimit_policy_pg_conn_t *pc,
     ngx_http_ratelimit_policy_pg_query_t *q)
@@ -989,6 +1149,12 @@ ngx_http_ratelimit_policy_pg_run(ngx_http_ratelimit_policy_pg_conn_t *pc,
         goto failed;
     }
 
+    /* in pipeline mode: a Sync of its own, so that its failure is its own */
+
+    if (pc->pipeline && !PQpipelineSync(pc->conn)) {
+        goto failed;
+    }
+
     rc = PQflush(pc->conn);
 
     if (rc == -1
@@ -998,7 +1164,14 @@ ngx_http_ratelimit_policy_pg_run(ngx_http_ratelimit_policy_pg_conn_t *pc,
     }
 
     pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_BUSY;
-    pc->query = q;
+
+    ngx_queue_insert_tail(&pc->inflight, &q->queue);
+    pc->ninflight++;
+
+    if (q->stmt != NGX_HTTP_RATELIMIT_POLICY_STMT_LOOKUP) {
+        pc->exclusive = 1;
+    }
+
     q->conn = pc;
 
     return NGX_OK;
@@ -1011,8 +1184,20 @@ failed:
                   "ratelimit_policy: could not send a query: %s",
                   PQerrorMessage(pc->conn));
 
-    ngx_http_ratelimit_policy_pg_close(pc);
     pc->pg->failed = 1;
+
+    if (pc->ninflight) {
+        /*
+         * the queries in flight on it are answered from the event loop,
+         * not from within this call
+         */
+
+        pc->broken = 1;
+        ngx_post_event(pc->c->read, &ngx_posted_events);
+        return NGX_ERROR;
+    }
+
+    ngx_http_ratelimit_policy_pg_close(pc);
 
     return NGX_ERROR;
 }
@@ -1023,14 +1208,24 @@ ngx_http_ratelimit_policy_pg_done(ngx_http_ratelimit_policy_pg_conn_t *pc,
     PGresult *res)
 {
     ngx_uint_t                             rc;
+    ngx_queue_t                           *qq;
     ExecStatusType                         st;
     ngx_http_ratelimit_policy_pg_t        *pg;
     ngx_http_ratelimit_policy_pg_query_t  *q;
 
     pg = pc->pg;
-    q = pc->query;
+    q = NULL;
 
-    pc->query = NULL;
+    if (pc->ninflight) {
+        qq = ngx_queue_head(&pc->inflight);
+        ngx_queue_remove(qq);
+        pc->ninflight--;
+
+        q = ngx_queue_data(qq, ngx_http_ratelimit_policy_pg_query_t, queue);
+    }
+
+    /* the only query in flight when it is not a lookup */
+    pc->exclusive = 0;
 
     st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
 
@@ -1043,11 +1238,14 @@ ngx_http_ratelimit_policy_pg_done(ngx_http_ratelimit_policy_pg_conn_t *pc,
 
     /* pool a connection only outside of a transaction */
 
-    if (PQtransactionStatus(pc->conn) == PQTRANS_IDLE) {
-        pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_IDLE;
+    if (pc->ninflight == 0) {
 
-    } else {
-        ngx_http_ratelimit_policy_pg_close(pc);
+        if (PQtransactionStatus(pc->conn) == PQTRANS_IDLE) {
+            pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_IDLE;
+
+        } else {
+            ngx_http_ratelimit_policy_pg_close(pc);
+        }
     }
 
     /*
@@ -1075,6 +1273,7 @@ ngx_http_ratelimit_policy_pg_broken(ngx_http_ratelimit_policy_pg_conn_t *pc,
     const char *what)
 {
     ngx_uint_t                             level;
+    ngx_queue_t                            lost, *qq;
     ngx_http_ratelimit_policy_pg_t        *pg;
     ngx_http_ratelimit_policy_pg_query_t  *q;
 
@@ -1098,16 +1297,26 @@ ngx_http_ratelimit_policy_pg_broken(ngx_http_ratelimit_policy_pg_conn_t *pc,
                   "ratelimit_policy: database connection lost (%s): %s",
                   what, PQerrorMessage(pc->conn));
 
-    q = pc->query;
-    pc->query = NULL;
+    /* the queries in flight on it are lost with it */
+
+    ngx_queue_init(&lost);
+
+    if (!ngx_queue_empty(&pc->inflight)) {
+        ngx_queue_add(&lost, &pc->inflight);
+    }
 
     ngx_http_ratelimit_policy_pg_close(pc);
 
     /* reconnect at once, the next failure will back off */
     pg->failed = 1;
 
-    if (q != NULL) {
+    while (!ngx_queue_empty(&lost)) {
+        qq = ngx_queue_head(&lost);
+        ngx_queue_remove(qq);
+
+        q = ngx_queue_data(qq, ngx_http_ratelimit_policy_pg_query_t, queue);
         q->conn = NULL;
+
         ngx_http_ratelimit_policy_pg_complete(q,
                                      NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE,
                                      NULL);
@@ -1143,6 +1352,15 @@ ngx_http_ratelimit_policy_pg_close(ngx_http_ratelimit_policy_pg_conn_t *pc)
         PQfinish(pc->conn);
         pc->conn = NULL;
     }
+
+    /* the callers answered or moved the queries in flight */
+
+    ngx_queue_init(&pc->inflight);
+    pc->ninflight = 0;
+    pc->pipeline = 0;
+    pc->exclusive = 0;
+    pc->results = 0;
+    pc->broken = 0;
 
     pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_FREE;
 }
@@ -1200,9 +1418,10 @@ ngx_http_ratelimit_policy_pg_complete(ngx_http_ratelimit_policy_pg_query_t *q,
 static void
 ngx_http_ratelimit_policy_pg_query_timeout(ngx_event_t *ev)
 {
+    ngx_queue_t                           *qq;
     ngx_http_ratelimit_policy_pg_t        *pg;
     ngx_http_ratelimit_policy_pg_conn_t   *pc;
-    ngx_http_ratelimit_policy_pg_query_t  *q;
+    ngx_http_ratelimit_policy_pg_query_t  *q, *o;
 
     q = ev->data;
 
@@ -1232,8 +1451,30 @@ ngx_http_ratelimit_policy_pg_query_timeout(ngx_event_t *ev)
     if (pc != NULL) {
         /* the connection is in an unknown state: never reuse it */
         pg = pc->pg;
-        pc->query = NULL;
+
+        ngx_queue_remove(&q->queue);
         q->conn = NULL;
+
+        /*
+         * the lookups that followed it wait again, first in line, within
+         * their own time
+         */
+
+        while (!ngx_queue_empty(&pc->inflight)) {
+            qq = ngx_queue_last(&pc->inflight);
+            ngx_queue_remove(qq);
+
+            o = ngx_queue_data(qq, ngx_http_ratelimit_policy_pg_query_t,
+                               queue);
+            o->conn = NULL;
+            o->queued = 1;
+
+            ngx_queue_insert_head(&pg->waiting, qq);
+            pg->nwaiting++;
+        }
+
+        ngx_http_ratelimit_policy_metrics_waiting(pg->nwaiting);
+
         ngx_http_ratelimit_policy_pg_close(pc);
     }
 
@@ -1255,23 +1496,26 @@ ngx_http_ratelimit_policy_pg_dispatch(ngx_http_ratelimit_policy_pg_t *pg)
 {
     ngx_uint_t                             i, busy;
     ngx_queue_t                           *qq;
+    ngx_http_ratelimit_policy_pg_conn_t   *pc;
     ngx_http_ratelimit_policy_pg_query_t  *q;
 
-    for (i = 0; i < pg->nconns && !ngx_queue_empty(&pg->waiting); i++) {
-
-        if (pg->conns[i].state != NGX_HTTP_RATELIMIT_POLICY_PG_IDLE) {
-            continue;
-        }
+    while (!ngx_queue_empty(&pg->waiting)) {
 
         qq = ngx_queue_head(&pg->waiting);
+        q = ngx_queue_data(qq, ngx_http_ratelimit_policy_pg_query_t, queue);
+
+        pc = ngx_http_ratelimit_policy_pg_pick(pg, q, 1);
+        if (pc == NULL) {
+            break;
+        }
+
         ngx_queue_remove(qq);
         pg->nwaiting--;
         ngx_http_ratelimit_policy_metrics_waiting(pg->nwaiting);
 
-        q = ngx_queue_data(qq, ngx_http_ratelimit_policy_pg_query_t, queue);
         q->queued = 0;
 
-        if (ngx_http_ratelimit_policy_pg_run(&pg->conns[i], q) != NGX_OK) {
+        if (ngx_http_ratelimit_policy_pg_run(pc, q) != NGX_OK) {
             ngx_http_ratelimit_policy_pg_complete(q,
                                      NGX_HTTP_RATELIMIT_POLICY_PG_UNAVAILABLE,
                                      NULL);
@@ -1672,6 +1916,7 @@ ngx_http_ratelimit_policy_pg_listen(ngx_http_ratelimit_policy_pg_t *pg,
     pc = &pg->listener;
     pc->pg = pg;
     pc->listener = 1;
+    ngx_queue_init(&pc->inflight);
     pc->connect_timer.handler = ngx_http_ratelimit_policy_pg_connect_timeout;
     pc->connect_timer.data = pc;
     pc->connect_timer.log = pg->log;

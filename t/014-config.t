@@ -11,7 +11,7 @@ use RLP;
 repeat_each(1);
 
 # must_die blocks: 1 + one per error_log pattern; the others: see the end
-plan tests => 76;
+plan tests => 80;
 
 no_shuffle();
 run_tests();
@@ -163,6 +163,28 @@ invalid pool size "pool=four"
 --- must_die
 --- error_log
 invalid queue size "queue=-1", it must be from 0 to 65536
+
+
+
+=== TEST 13b: pipeline=0
+--- http_config
+    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pipeline=0;
+    ratelimit_policy_zone zone=ratelimit:8m;
+--- config
+--- must_die
+--- error_log
+invalid pipeline depth "pipeline=0", it must be from 1 to 256
+
+
+
+=== TEST 13c: a pipeline depth that is not a number
+--- http_config
+    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pipeline=8x;
+    ratelimit_policy_zone zone=ratelimit:8m;
+--- config
+--- must_die
+--- error_log
+invalid pipeline depth "pipeline=8x"
 
 
 
@@ -385,7 +407,7 @@ invalid number of arguments in "ratelimit_policy_api" directive
 
 === TEST 32: a good configuration with every directive is accepted
 --- http_config
-    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=2 queue=16 connect_timeout=1s query_timeout=2s;
+    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=2 queue=16 pipeline=4 connect_timeout=1s query_timeout=2s;
     ratelimit_policy_zone zone=ratelimit:1m;
     ratelimit_policy_cache_ttl 10s negative=2s;
     ratelimit_policy_default strict;

@@ -1,10 +1,11 @@
 # Faults (issue 6), each with a latency canary (an unrelated "return 200"
 # location that must stay fast while the fault lasts).
 #
-#   1    pool exhaustion: pool=1 queue=2 and slow lookups: the fourth and
-#        fifth concurrent lookups get an immediate 503, the queued ones are
-#        served; no connection slot leaks (the same burst again behaves the
-#        same, the wait queue gauge is back at 0)
+#   1    pool exhaustion: pool=1 queue=2 pipeline=1 (no lookup follows
+#        another on the connection, see t/024) and slow lookups: the
+#        fourth and fifth concurrent lookups get an immediate 503, the
+#        queued ones are served; no connection slot leaks (the same burst
+#        again behaves the same, the wait queue gauge is back at 0)
 #   2    pg_terminate_backend() of the pooled connection while idle: the
 #        listener stays, the pool reconnects
 #   3    pg_terminate_backend() of the pooled connection in the middle of a
@@ -277,10 +278,11 @@ run_tests();
 
 __DATA__
 
-=== TEST 1: pool=1 queue=2: beyond the queue a fast 503, no slot leaks
+=== TEST 1: pool=1 queue=2 pipeline=1: beyond the queue a fast 503, no slot leaks
 --- one_worker
 --- http_config
-    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=1 queue=2 query_timeout=5s;
+    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=1 queue=2 pipeline=1
+                        query_timeout=5s;
     ratelimit_policy_zone zone=ratelimit:8m;
 --- config
     location = /metrics { ratelimit_policy_metrics; }
