@@ -181,6 +181,7 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
     const char **code, const char **message)
 {
     u_char                                 *p;
+    uint32_t                                hash;
     ngx_str_t                               instance, token, arg_instance,
                                             arg_token;
     ngx_uint_t                              i;
@@ -249,19 +250,27 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
     ctx->instance.data = ctx->lookup.instance;
     ctx->instance.len = instance.len;
 
+    rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
+    shctx = rpmcf->shm_zone->data;
+
+    /* the zone's memory for the instance, fetched meanwhile */
+
+    hash = ngx_http_ratelimit_policy_shm_prefetch(shctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
+                                       ctx->lookup.instance, instance.len);
+
     /*
      * the SHA-256 digest waits until a miss or a new token needs it; a
      * token already verified for this entry is known by its keyed hash
      */
-
-    rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
-    shctx = rpmcf->shm_zone->data;
 
     ctx->lookup.token = token;
     ctx->lookup.digest_ready = 0;
 
     ngx_http_ratelimit_policy_siphash128(ctx->lookup.verifier, shctx->sh->key,
                                          token.data, token.len);
+
+    ngx_http_ratelimit_policy_shm_prefetch_entry(shctx, hash);
 
     return NGX_OK;
 
@@ -1174,7 +1183,13 @@ ngx_http_ratelimit_policy_patch_set(ngx_http_request_t *r,
 
     rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
 
-    q = &ctx->query;
+    q = ngx_pcalloc(r->pool, sizeof(ngx_http_ratelimit_policy_pg_query_t));
+    if (q == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->query = q;
+
     q->stmt = NGX_HTTP_RATELIMIT_POLICY_STMT_SET;
     q->nparams = 2;
     q->values[0] = (const char *) ctx->lookup.instance;
@@ -1255,7 +1270,7 @@ ngx_http_ratelimit_policy_patch_result(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_pg_query_t   *q;
     ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
 
-    q = &ctx->query;
+    q = ctx->query;
     rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
 
     /*

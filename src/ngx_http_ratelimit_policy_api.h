@@ -22,9 +22,9 @@ typedef struct {
     ngx_str_t                            policy;     /* effective slug */
     ngx_http_ratelimit_policy_policy_t  *effective;
 
-    /* PATCH */
+    /* PATCH; the query allocated only then, not for every request */
     ngx_str_t                            slug;       /* NUL-terminated */
-    ngx_http_ratelimit_policy_pg_query_t query;
+    ngx_http_ratelimit_policy_pg_query_t *query;
     ngx_uint_t                           sync_status;
     unsigned                             sync_done:1;
 } ngx_http_ratelimit_policy_ctx_t;

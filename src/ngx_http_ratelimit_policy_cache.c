@@ -91,7 +91,7 @@ static ngx_uint_t ngx_http_ratelimit_policy_echo_live(
 static ngx_http_ratelimit_policy_node_t *ngx_http_ratelimit_policy_echo_node(
     ngx_http_ratelimit_policy_shctx_t *ctx,
     ngx_http_ratelimit_policy_lookup_t *lk, ngx_uint_t *mine);
-static void ngx_http_ratelimit_policy_wait(
+static ngx_int_t ngx_http_ratelimit_policy_wait(
     ngx_http_ratelimit_policy_lookup_t *lk);
 static void ngx_http_ratelimit_policy_poll_handler(ngx_event_t *ev);
 static void ngx_http_ratelimit_policy_again(
@@ -294,9 +294,7 @@ ngx_http_ratelimit_policy_catalog_ensure(ngx_http_ratelimit_policy_lookup_t *lk)
 
     /* another worker is loading it */
 
-    ngx_http_ratelimit_policy_wait(lk);
-
-    return NGX_AGAIN;
+    return ngx_http_ratelimit_policy_wait(lk);
 }
 
 
@@ -439,6 +437,15 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
 
     if (node != NULL && ngx_http_ratelimit_policy_fresh(ctx, node)) {
 
+        if (node->counters) {
+            /* read by the decision, after the token and the catalogue */
+            ngx_http_ratelimit_policy_prefetch(node->counters);
+            ngx_http_ratelimit_policy_prefetch(
+                                         (u_char *) node->counters + 64);
+            ngx_http_ratelimit_policy_prefetch(
+                                         (u_char *) node->counters + 128);
+        }
+
         ngx_http_ratelimit_policy_copy_node(lk, node);
 
         if (node->state == NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND) {
@@ -533,9 +540,7 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
 
         ngx_shmtx_unlock(&ctx->shpool->mutex);
 
-        ngx_http_ratelimit_policy_wait(lk);
-
-        return NGX_AGAIN;
+        return ngx_http_ratelimit_policy_wait(lk);
     }
 
     /* this worker loads it */
@@ -1010,20 +1015,33 @@ ngx_http_ratelimit_policy_echo_live(ngx_http_ratelimit_policy_node_t *node)
 }
 
 
-static void
+/* NGX_AGAIN: lk is looked at again shortly */
+
+static ngx_int_t
 ngx_http_ratelimit_policy_wait(ngx_http_ratelimit_policy_lookup_t *lk)
 {
     ngx_event_t  *ev;
 
-    ev = &lk->poll;
+    ev = lk->poll;
 
-    if (ev->handler == NULL) {
+    if (ev == NULL) {
+        /* not in the context: most requests never wait */
+
+        ev = ngx_pcalloc(lk->request->pool, sizeof(ngx_event_t));
+        if (ev == NULL) {
+            return NGX_ERROR;
+        }
+
         ev->handler = ngx_http_ratelimit_policy_poll_handler;
         ev->data = lk;
         ev->log = lk->request->connection->log;
+
+        lk->poll = ev;
     }
 
     ngx_add_timer(ev, NGX_HTTP_RATELIMIT_POLICY_POLL);
+
+    return NGX_AGAIN;
 }
 
 
@@ -1492,8 +1510,8 @@ ngx_http_ratelimit_policy_resolve_cancel(ngx_http_ratelimit_policy_lookup_t *lk)
         lk->waiting = 0;
     }
 
-    if (lk->poll.timer_set) {
-        ngx_del_timer(&lk->poll);
+    if (lk->poll && lk->poll->timer_set) {
+        ngx_del_timer(lk->poll);
     }
 }
 

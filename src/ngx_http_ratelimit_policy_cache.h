@@ -99,7 +99,7 @@ typedef struct {
     void                        (*resume)(ngx_http_request_t *r);
     ngx_uint_t                    rounds;
     ngx_pool_cleanup_t           *cleanup;
-    ngx_event_t                   poll;
+    ngx_event_t                  *poll;         /* allocated when needed */
     ngx_queue_t                   queue;
     unsigned                      waiting:1;
     unsigned                      stale_catalog:1;

@@ -201,6 +201,20 @@ typedef struct {
 ngx_int_t ngx_http_ratelimit_policy_shm_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 
+/* a hint to the CPU: a line of memory is read soon */
+#if (defined __GNUC__ || defined __clang__)
+#define ngx_http_ratelimit_policy_prefetch(p)  __builtin_prefetch(p)
+#else
+#define ngx_http_ratelimit_policy_prefetch(p)
+#endif
+
+/* without the lock: hints only, see ngx_http_ratelimit_policy_shm.c */
+uint32_t ngx_http_ratelimit_policy_shm_prefetch(
+    ngx_http_ratelimit_policy_shctx_t *ctx, ngx_uint_t type, u_char *key,
+    size_t len);
+void ngx_http_ratelimit_policy_shm_prefetch_entry(
+    ngx_http_ratelimit_policy_shctx_t *ctx, uint32_t hash);
+
 /* with the zone locked */
 ngx_http_ratelimit_policy_node_t *ngx_http_ratelimit_policy_shm_lookup(
     ngx_http_ratelimit_policy_shctx_t *ctx, ngx_uint_t type, u_char *key,
