@@ -14,6 +14,10 @@
 -- running across rounds).  Each wrk thread starts half a cycle after the
 -- previous one; bench/run uses one thread (-t1) where the order matters.
 --
+-- BENCH_PACE_MS in the environment (a whole number): each connection
+-- waits that long before each of its requests, a latency probe at a
+-- steady rate rather than a throughput run (bench/run's canary).
+--
 -- done() prints one line for bench/run:
 --   BENCH requests=N duration_us=N connect=N read=N write=N status=N
 --         timeout=N p50_us=N p99_us=N
@@ -26,6 +30,16 @@ local pass = 0
 local threads = {}
 local counter = 0
 local STRIDE = 7919      -- a prime: every index once per pass
+
+local pace = tonumber(os.getenv("BENCH_PACE_MS") or "0") or 0
+
+if pace > 0 then
+    -- defined only when pacing: wrk times every request of a script
+    -- that has delay(), which would slow the throughput runs
+    function delay()
+        return pace
+    end
+end
 
 function setup(thread)
     thread:set("tid", counter)
