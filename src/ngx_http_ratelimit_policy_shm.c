@@ -6,8 +6,9 @@
  * token digests) in a hash index of chained buckets, with a
  * least-recently-used queue, and the policy catalogue.  A lookup reads a
  * bucket and the entries of its chain, about one: an rbtree walk read a
- * dozen nodes scattered in memory, most of them cache misses.  The zone is kept across reloads; a zone left by
- * an incompatible build of the module is refused.
+ * dozen nodes scattered in memory, most of them cache misses.  The zone
+ * is kept across reloads; a zone left by an incompatible build of the
+ * module is refused.
  */
 
 
