@@ -93,6 +93,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
 
+    /* an empty hash index, as a new zone has: the lookups prefetch from it */
+
+    sh->buckets = ngx_pcalloc(pool,
+                              64 * sizeof(ngx_http_ratelimit_policy_node_t *));
+    if (sh->buckets == NULL) {
+        abort();
+    }
+
+    sh->mask = 63;
+
     shctx.sh = sh;
     zone.data = &shctx;
     rpmcf.shm_zone = &zone;
