@@ -36,6 +36,9 @@ static char *ngx_http_ratelimit_policy_merge_loc_conf(ngx_conf_t *cf,
     void *parent, void *child);
 static char *ngx_http_ratelimit_policy_db(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_ratelimit_policy_db_number(ngx_conf_t *cf,
+    ngx_str_t *value, size_t skip, ngx_int_t min, ngx_int_t max,
+    const char *what, ngx_uint_t *out);
 static char *ngx_http_ratelimit_policy_zone(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_ratelimit_policy_cache_ttl(ngx_conf_t *cf,
@@ -386,7 +389,6 @@ ngx_http_ratelimit_policy_db(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_ratelimit_policy_main_conf_t  *rpmcf = conf;
 
-    ngx_int_t    n;
     ngx_str_t   *value, s;
     ngx_msec_t   ms;
     ngx_uint_t   i;
@@ -407,43 +409,40 @@ ngx_http_ratelimit_policy_db(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         if (ngx_strncmp(value[i].data, "pool=", 5) == 0) {
 
-            n = ngx_atoi(value[i].data + 5, value[i].len - 5);
-            if (n < 1 || n > 256) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid pool size \"%V\", "
-                                   "it must be from 1 to 256", &value[i]);
+            if (ngx_http_ratelimit_policy_db_number(cf, &value[i], 5, 1, 256,
+                                                    "pool size",
+                                                    &rpmcf->pool_size)
+                != NGX_OK)
+            {
                 return NGX_CONF_ERROR;
             }
 
-            rpmcf->pool_size = n;
             continue;
         }
 
         if (ngx_strncmp(value[i].data, "queue=", 6) == 0) {
 
-            n = ngx_atoi(value[i].data + 6, value[i].len - 6);
-            if (n < 0 || n > 65536) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid queue size \"%V\", "
-                                   "it must be from 0 to 65536", &value[i]);
+            if (ngx_http_ratelimit_policy_db_number(cf, &value[i], 6, 0, 65536,
+                                                    "queue size",
+                                                    &rpmcf->queue_size)
+                != NGX_OK)
+            {
                 return NGX_CONF_ERROR;
             }
 
-            rpmcf->queue_size = n;
             continue;
         }
 
         if (ngx_strncmp(value[i].data, "pipeline=", 9) == 0) {
 
-            n = ngx_atoi(value[i].data + 9, value[i].len - 9);
-            if (n < 1 || n > 256) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid pipeline depth \"%V\", "
-                                   "it must be from 1 to 256", &value[i]);
+            if (ngx_http_ratelimit_policy_db_number(cf, &value[i], 9, 1, 256,
+                                                    "pipeline depth",
+                                                    &rpmcf->pipeline)
+                != NGX_OK)
+            {
                 return NGX_CONF_ERROR;
             }
 
-            rpmcf->pipeline = n;
             continue;
         }
 
@@ -491,6 +490,30 @@ ngx_http_ratelimit_policy_db(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     rpmcf->conninfo = value[1];
 
     return ngx_http_ratelimit_policy_pg_conninfo(cf, rpmcf, &value[1]);
+}
+
+
+/* "name=N", N from min to max; skip: the length of "name=" */
+
+static ngx_int_t
+ngx_http_ratelimit_policy_db_number(ngx_conf_t *cf, ngx_str_t *value,
+    size_t skip, ngx_int_t min, ngx_int_t max, const char *what,
+    ngx_uint_t *out)
+{
+    ngx_int_t  n;
+
+    n = ngx_atoi(value->data + skip, value->len - skip);
+
+    if (n == NGX_ERROR || n < min || n > max) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid %s \"%V\", it must be from %i to %i",
+                           what, value, min, max);
+        return NGX_ERROR;
+    }
+
+    *out = (ngx_uint_t) n;
+
+    return NGX_OK;
 }
 
 

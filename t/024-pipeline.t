@@ -196,15 +196,7 @@ wait_listener();
 Test::More::is(http_get(main::q_('FREE00000002'))->{status}, 200,
                'TEST 4: warm');
 slow_instance("SLOW0000000$_", 3, 1001) for 1 .. 3;
-my $killer = fork() // die;
-if ($killer == 0) {
-    Time::HiRes::sleep(0.4);
-    RLP::psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-              . " WHERE application_name = 'nginx ratelimit_policy'"
-              . " AND query LIKE '%instance_entitlements%'"
-              . " AND state = 'active'");
-    POSIX::_exit(0);
-}
+my $killer = terminate_lookups_after(0.4);
 my @r = http_parallel([ map { { path => main::q_("SLOW0000000$_") } } 1 .. 3 ],
                       10);
 waitpid $killer, 0;

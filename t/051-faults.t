@@ -364,14 +364,7 @@ wait_listener();
 Test::More::is(http_get(main::q_($main::Api, 'FREE00000002'))->{status}, 200,
                'TEST 3: warm');
 slow_instance('SLOW00000001', 3, 1001);
-my $killer = fork() // die;
-if ($killer == 0) {
-    Time::HiRes::sleep(0.4);
-    RLP::psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-              . " WHERE application_name = 'nginx ratelimit_policy'"
-              . " AND query LIKE '%instance_entitlements%' AND state = 'active'");
-    POSIX::_exit(0);
-}
+my $killer = terminate_lookups_after(0.4);
 my ($worst, $r) = main::canary_during(sub {
     http_get(main::q_($main::Api, 'SLOW00000001'));
 }, 1.5);

@@ -58,6 +58,11 @@ the file).
                             entitlement view sleep $secs for it only
     restore_schema()        re-applies sql/schema.sql (the shipped view)
                             and forgets the slow instances
+    terminate_lookups_after($secs)
+                            a child process that, after $secs, terminates
+                            the module's backends running a lookup
+                            (pg_terminate_backend); returns its pid, for
+                            waitpid
     pg_is_up()              psql answers (bounded to 5 s)
     pg_ensure_up()          continues a frozen server, starts a stopped one
     free_port()             a TCP port nothing listens on (closed again)
@@ -75,6 +80,7 @@ use strict;
 use warnings;
 
 use Errno ();
+use POSIX ();
 use IO::Select ();
 use IO::Socket::INET ();
 use Socket ();
@@ -88,6 +94,7 @@ our @EXPORT = qw(
     api_path http_get http_request http_parallel wait_listener wait_until
     lookups catalogues slow_instance restore_schema pg_is_up pg_ensure_up
     free_port install_counters without_notify master_pid workers_of
+    terminate_lookups_after
 );
 
 for my $f (@EXPORT) {
@@ -415,6 +422,17 @@ sub workers_of {
                           && $1 == $ppid;
     }
     return sort @pids;
+}
+
+sub terminate_lookups_after {
+    my $secs = shift;
+    my $pid = fork() // die "fork: $!";
+    return $pid if $pid;
+    Time::HiRes::sleep($secs);
+    RLP::psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+              . " WHERE application_name = 'nginx ratelimit_policy'"
+              . " AND query LIKE '$LookupLike' AND state = 'active'");
+    POSIX::_exit(0);
 }
 
 sub free_port {
