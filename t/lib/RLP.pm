@@ -379,15 +379,19 @@ sub _postmaster_pid {
     return $1;
 }
 
+# the children of a process; with $what, only those whose "(name) state"
+# in /proc/PID/stat matches it
 sub _children_of {
-    my $ppid = shift;
+    my ($ppid, $what) = @_;
     my @pids;
     opendir my $dh, '/proc' or return;
     for my $p (grep { /^\d+$/ } readdir $dh) {
         open my $in, '<', "/proc/$p/stat" or next;
         my $stat = <$in> // '';
         close $in;
-        push @pids, $p if $stat =~ /\)\s+\S+\s+(\d+)/ && $1 == $ppid;
+        next unless $stat =~ /^\d+ (\(.*\)\s+\S+)\s+(\d+)/ && $2 == $ppid;
+        next if defined $what && $1 !~ $what;
+        push @pids, $p;
     }
     return @pids;
 }

@@ -412,16 +412,7 @@ sub master_pid {
 # process would not be one)
 sub workers_of {
     my $ppid = shift;
-    my @pids;
-    opendir my $dh, '/proc' or return;
-    for my $p (grep { /^\d+$/ } readdir $dh) {
-        open my $in, '<', "/proc/$p/stat" or next;
-        my $stat = <$in> // '';
-        close $in;
-        push @pids, $p if $stat =~ /^\d+ \(nginx\)\s+[RSD]\s+(\d+)/
-                          && $1 == $ppid;
-    }
-    return sort @pids;
+    return sort(RLP::_children_of($ppid, qr/^\(nginx\)\s+[RSD]$/));
 }
 
 sub terminate_lookups_after {
