@@ -181,7 +181,6 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
     const char **code, const char **message)
 {
     u_char                                 *p;
-    uint32_t                                hash;
     ngx_str_t                               instance, token, arg_instance,
                                             arg_token;
     ngx_uint_t                              i;
@@ -255,7 +254,7 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
 
     /* the zone's memory for the instance, fetched meanwhile */
 
-    hash = ngx_http_ratelimit_policy_shm_prefetch(shctx,
+    ctx->lookup.hash = ngx_http_ratelimit_policy_shm_prefetch(shctx,
                                        NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
                                        ctx->lookup.instance, instance.len);
 
@@ -270,7 +269,7 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_siphash128(ctx->lookup.verifier, shctx->sh->key,
                                          token.data, token.len);
 
-    ngx_http_ratelimit_policy_shm_prefetch_entry(shctx, hash);
+    ngx_http_ratelimit_policy_shm_prefetch_entry(shctx, ctx->lookup.hash);
 
     return NGX_OK;
 

@@ -430,7 +430,9 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
-    node = ngx_http_ratelimit_policy_shm_lookup(ctx,
+    /* the hash credentials() computed for its prefetch */
+
+    node = ngx_http_ratelimit_policy_shm_find(ctx, lk->hash,
                                        NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
                                        lk->instance,
                                        NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);

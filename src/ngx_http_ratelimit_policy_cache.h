@@ -57,6 +57,9 @@ typedef struct {
     u_char                        instance[
                                        NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN];
 
+    /* the hash of the instance's entry in the zone, computed once */
+    uint32_t                      hash;
+
     /*
      * the token, its keyed hash, and its SHA-256 digest, computed only
      * when needed: ngx_http_ratelimit_policy_lookup_digest()

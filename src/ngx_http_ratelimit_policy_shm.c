@@ -179,10 +179,17 @@ ngx_http_ratelimit_policy_node_t *
 ngx_http_ratelimit_policy_shm_lookup(ngx_http_ratelimit_policy_shctx_t *ctx,
     ngx_uint_t type, u_char *key, size_t len)
 {
-    uint32_t                           hash;
-    ngx_http_ratelimit_policy_node_t  *n;
+    return ngx_http_ratelimit_policy_shm_find(ctx,
+                             ngx_http_ratelimit_policy_shm_hash(type, key, len),
+                             type, key, len);
+}
 
-    hash = ngx_http_ratelimit_policy_shm_hash(type, key, len);
+
+ngx_http_ratelimit_policy_node_t *
+ngx_http_ratelimit_policy_shm_find(ngx_http_ratelimit_policy_shctx_t *ctx,
+    uint32_t hash, ngx_uint_t type, u_char *key, size_t len)
+{
+    ngx_http_ratelimit_policy_node_t  *n;
 
     for (n = ctx->sh->buckets[hash & ctx->sh->mask]; n; n = n->next) {
 

@@ -215,10 +215,13 @@ uint32_t ngx_http_ratelimit_policy_shm_prefetch(
 void ngx_http_ratelimit_policy_shm_prefetch_entry(
     ngx_http_ratelimit_policy_shctx_t *ctx, uint32_t hash);
 
-/* with the zone locked */
+/* with the zone locked; _find() with the hash _prefetch() returned */
 ngx_http_ratelimit_policy_node_t *ngx_http_ratelimit_policy_shm_lookup(
     ngx_http_ratelimit_policy_shctx_t *ctx, ngx_uint_t type, u_char *key,
     size_t len);
+ngx_http_ratelimit_policy_node_t *ngx_http_ratelimit_policy_shm_find(
+    ngx_http_ratelimit_policy_shctx_t *ctx, uint32_t hash, ngx_uint_t type,
+    u_char *key, size_t len);
 ngx_http_ratelimit_policy_node_t *ngx_http_ratelimit_policy_shm_create(
     ngx_http_ratelimit_policy_shctx_t *ctx, ngx_uint_t type, u_char *key,
     size_t len);
