@@ -25,7 +25,7 @@
 /*
  * An instance's counters, allocated in the zone on its first enforced
  * request (or when a cache fill brings a count from the database) and
- * freed with its entry: 504 bytes, a 512-byte slab chunk.
+ * freed with its entry: 512 bytes, a slab chunk of its own size.
  */
 
 struct ngx_http_ratelimit_policy_counters_s {
