@@ -189,6 +189,7 @@ ngx_http_ratelimit_policy_node_t *
 ngx_http_ratelimit_policy_shm_find(ngx_http_ratelimit_policy_shctx_t *ctx,
     uint32_t hash, ngx_uint_t type, u_char *key, size_t len)
 {
+    uint32_t                           now;
     ngx_http_ratelimit_policy_node_t  *n;
 
     for (n = ctx->sh->buckets[hash & ctx->sh->mask]; n; n = n->next) {
@@ -198,8 +199,25 @@ ngx_http_ratelimit_policy_shm_find(ngx_http_ratelimit_policy_shctx_t *ctx,
             && n->key_len == len
             && ngx_memcmp(n->key, key, len) == 0)
         {
-            ngx_queue_remove(&n->queue);
-            ngx_queue_insert_head(&ctx->sh->lru, &n->queue);
+            /*
+             * the LRU order at a resolution of a second: an entry moves to
+             * the head at most once a second.  A move writes the entry's
+             * neighbours in the queue, the entries used just before and
+             * after it the last time it moved, cache misses nearly every
+             * time; an entry in use stays within the second's worth of
+             * entries nearest the head, and only a zone that turns over
+             * within a second could evict it
+             */
+
+            now = (uint32_t) ngx_current_msec;
+
+            if ((uint32_t) (now - n->used)
+                >= NGX_HTTP_RATELIMIT_POLICY_LRU_RESOLUTION)
+            {
+                n->used = now;
+                ngx_queue_remove(&n->queue);
+                ngx_queue_insert_head(&ctx->sh->lru, &n->queue);
+            }
 
             return n;
         }
@@ -228,6 +246,7 @@ ngx_http_ratelimit_policy_shm_create(ngx_http_ratelimit_policy_shctx_t *ctx,
     n->hash = ngx_http_ratelimit_policy_shm_hash(type, key, len);
     n->type = (u_char) type;
     n->key_len = (u_char) len;
+    n->used = (uint32_t) ngx_current_msec;
     ngx_memcpy(n->key, key, len);
 
     bucket = &ctx->sh->buckets[n->hash & ctx->sh->mask];

@@ -15,9 +15,12 @@
 
 
 /* bump on any change of the structures below: reload refuses the zone */
-#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5007
+#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5008
 
 #define NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN  16
+
+/* the resolution of the LRU order, msec: see ngx_http_ratelimit_policy_shm.c */
+#define NGX_HTTP_RATELIMIT_POLICY_LRU_RESOLUTION  1000
 
 /* times in the zone are 32-bit milliseconds: a TTL is at most 24 days */
 #define NGX_HTTP_RATELIMIT_POLICY_TTL_MAX       (24 * 86400 * 1000)
@@ -60,6 +63,9 @@ struct ngx_http_ratelimit_policy_node_s {
     u_char                        slug_len;
     u_char                        has_slug;
     u_char                        key_len;
+
+    /* msec, low bits: when it last moved to the head of the LRU queue */
+    uint32_t                      used;
 
     ngx_queue_t                   queue;
 

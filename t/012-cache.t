@@ -29,8 +29,8 @@ workers(2);
 repeat_each(1);
 
 # runner tests: status + body per request, one per response_headers line,
-# one per db_check; plus the Test::More checks made in --- init (22)
-plan tests => 100;
+# one per db_check; plus the Test::More checks made in --- init (34)
+plan tests => 116;
 
 reset_fixtures();
 install_counters();
@@ -336,3 +336,99 @@ restore_schema();
 GET /v2/session/rate-limit?instance_id=CONC00000002&access_token=paid-token-1002
 --- error_code: 200
 --- response_body_like: ^\{"status":"success","current_policy":"business","has_active_plan":true,
+
+
+
+=== TEST 13: a full zone evicts the least recently used entries
+In a 64 KB zone: FREE00000002 (A), then FREE00000003 (B), then ten unknown
+instances; more than a second later, A is read again, so it moves to the
+head of the LRU queue.  Unknown instances then fill the zone until the
+first eviction: B, the oldest entry nobody used since, goes, and A stays.
+--- http_config
+    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO";
+    ratelimit_policy_zone zone=lru13:64k;
+    ratelimit_policy_cache_ttl 60s negative=60s;
+--- config
+    location = /v2/session/rate-limit { ratelimit_policy_api; }
+    location = /metrics { ratelimit_policy_metrics; }
+--- init
+wait_listener();
+pg_stat_reset();
+my $evictions = sub {
+    my ($n) = http_get('/metrics')->{body}
+        =~ /^nginx_ratelimit_policy_zone_evictions_total (\d+)$/m;
+    return $n;
+};
+my $a = api_path('FREE00000002', 'free-token-1001');
+my $b = api_path('FREE00000003', 'free-token-1001');
+my @st = map { http_get($_)->{status} } $a, $b,
+    map { api_path(sprintf('NOPE%08d', $_), 'free-token-1001') } 1 .. 10;
+Test::More::is("@st", '200 200' . ' 404' x 10, 'TEST 13: A, B, ten unknown');
+Time::HiRes::sleep(1.2);
+Test::More::is(http_get($a)->{status}, 200, 'TEST 13: A read again');
+my $before = lookups();
+Test::More::is($before, 12, 'TEST 13: a hit, no lookup');
+my $i = 10;
+while ($evictions->() == 0 && $i < 3000) {
+    $i++;
+    http_get(api_path(sprintf('NOPE%08d', $i), 'free-token-1001'));
+}
+Test::More::cmp_ok($evictions->(), '>', 0,
+                   "TEST 13: evictions after " . ($i - 10) . " more unknown instances");
+my $l = lookups();
+Test::More::is(http_get($a)->{status}, 200, 'TEST 13: A');
+Test::More::is(lookups(), $l, 'TEST 13: A still cached');
+Test::More::is(http_get($b)->{status}, 200, 'TEST 13: B');
+Test::More::is(lookups(), $l + 1, 'TEST 13: B was evicted, looked up again');
+--- request
+GET /v2/session/rate-limit?instance_id=FREE00000002&access_token=free-token-1001
+--- error_code: 200
+--- response_body_like: ^\{"status":"success","current_policy":"strict",
+
+
+
+=== TEST 14: an entry moves in the LRU queue at most once a second
+A read again within a second of its lookup stays where it was, at the
+tail of the queue behind ten unknown instances: the first eviction takes
+it.  Moving every entry on every hit would write, each time, two other
+entries (its neighbours in the queue), cache misses nearly every time.
+--- http_config
+    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO";
+    ratelimit_policy_zone zone=lru14:64k;
+    ratelimit_policy_cache_ttl 60s negative=60s;
+--- config
+    location = /v2/session/rate-limit { ratelimit_policy_api; }
+    location = /metrics { ratelimit_policy_metrics; }
+--- init
+wait_listener();
+pg_stat_reset();
+my $evictions = sub {
+    my ($n) = http_get('/metrics')->{body}
+        =~ /^nginx_ratelimit_policy_zone_evictions_total (\d+)$/m;
+    return $n;
+};
+my $a = api_path('FREE00000002', 'free-token-1001');
+my $t0 = Time::HiRes::time();
+my @st = map { http_get($_)->{status} } $a,
+    map { api_path(sprintf('NOPE%08d', $_), 'free-token-1001') } 1 .. 10;
+push @st, http_get($a)->{status};
+my $t = Time::HiRes::time() - $t0;
+Test::More::is("@st", '200' . ' 404' x 10 . ' 200',
+               'TEST 14: A, ten unknown, A again');
+my $i = 10;
+while ($evictions->() == 0 && $i < 3000) {
+    $i++;
+    http_get(api_path(sprintf('NOPE%08d', $i), 'free-token-1001'));
+}
+Test::More::cmp_ok($evictions->(), '>', 0, 'TEST 14: evictions');
+my $l = lookups();
+Test::More::is(http_get($a)->{status}, 200, 'TEST 14: A');
+SKIP: {
+    Test::More::skip(sprintf('A was read again %.2f s after its lookup', $t), 1)
+        if $t >= 0.9;
+    Test::More::is(lookups(), $l + 1, 'TEST 14: A was evicted first, looked up again');
+}
+--- request
+GET /v2/session/rate-limit?instance_id=FREE00000002&access_token=free-token-1001
+--- error_code: 200
+--- response_body_like: ^\{"status":"success","current_policy":"strict",
