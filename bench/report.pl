@@ -124,6 +124,19 @@ for my $f (@figures) {
     push @rows, [ $key, $e ];
 }
 
+# a control: nginx's own shared-memory limiter against plain proxy_pass,
+# in the same rounds, shows what any such module pays on this machine
+if ($res->{enforce_vs_plain} && @{ $m{limit_req} || [] }) {
+    my @l = @{ $m{limit_req} };
+    my @p = @{ $m{plain} };
+    my @rr = map { $p[$_] ? $l[$_] / $p[$_] : 0 }
+             0 .. ($#l < $#p ? $#l : $#p);
+    $res->{enforce_vs_plain}{notes}{control_limit_req_vs_plain} = {
+        ratio => r3(median(@l) / median(@p)),
+        ratio_paired_median => r3(median(@rr)),
+    };
+}
+
 # what else ran meanwhile, per phase (see noise_end in bench/lib.sh)
 $meta{other_cpu} = {
     map { (my $k = $_) =~ s/^other_cpu_//; ($k => $notes{meta}{$_}) }
@@ -152,6 +165,12 @@ printf "\nunits: throughput A and B in req/s (pgbench: tps), zone in bytes "
 printf "machine: %s x %s, %s; load average %s at the start, %s at the end\n",
        $meta{nproc} // '?', $meta{cpu} // '?', $meta{memory} // '?',
        $meta{loadavg_start} // '?', $meta{loadavg_end} // '?';
+
+my $c = $res->{enforce_vs_plain} && $res->{enforce_vs_plain}{notes}
+        && $res->{enforce_vs_plain}{notes}{control_limit_req_vs_plain};
+printf "control: limit_req / plain proxy_pass in the same rounds %.3f "
+       . "(paired median %.3f)\n", $c->{ratio}, $c->{ratio_paired_median}
+    if $c;
 
 my $f = $meta{other_cpu};
 printf "other processes' share of the CPUs during each phase: %s\n",
