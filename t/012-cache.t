@@ -40,6 +40,24 @@ END {
     eval { pg_ensure_up(); reset_fixtures(); 1 };
 }
 
+# a full zone: unknown instances NOPE<n> (n from $n + 1), each its own
+# lookup and entry, until the first eviction; returns how many it took
+sub main::evictions {
+    my ($n) = http_get('/metrics')->{body}
+        =~ /^nginx_ratelimit_policy_zone_evictions_total (\d+)$/m;
+    return $n;
+}
+
+sub main::fill_until_eviction {
+    my ($n) = @_;
+    my $i = $n;
+    while (main::evictions() == 0 && $i < $n + 3000) {
+        $i++;
+        http_get(api_path(sprintf('NOPE%08d', $i), 'free-token-1001'));
+    }
+    return $i - $n;
+}
+
 no_shuffle();
 run_tests();
 
@@ -354,11 +372,6 @@ first eviction: B, the oldest entry nobody used since, goes, and A stays.
 --- init
 wait_listener();
 pg_stat_reset();
-my $evictions = sub {
-    my ($n) = http_get('/metrics')->{body}
-        =~ /^nginx_ratelimit_policy_zone_evictions_total (\d+)$/m;
-    return $n;
-};
 my $a = api_path('FREE00000002', 'free-token-1001');
 my $b = api_path('FREE00000003', 'free-token-1001');
 my @st = map { http_get($_)->{status} } $a, $b,
@@ -368,13 +381,9 @@ Time::HiRes::sleep(1.2);
 Test::More::is(http_get($a)->{status}, 200, 'TEST 13: A read again');
 my $before = lookups();
 Test::More::is($before, 12, 'TEST 13: a hit, no lookup');
-my $i = 10;
-while ($evictions->() == 0 && $i < 3000) {
-    $i++;
-    http_get(api_path(sprintf('NOPE%08d', $i), 'free-token-1001'));
-}
-Test::More::cmp_ok($evictions->(), '>', 0,
-                   "TEST 13: evictions after " . ($i - 10) . " more unknown instances");
+my $n = main::fill_until_eviction(10);
+Test::More::cmp_ok(main::evictions(), '>', 0,
+                   "TEST 13: evictions after $n more unknown instances");
 my $l = lookups();
 Test::More::is(http_get($a)->{status}, 200, 'TEST 13: A');
 Test::More::is(lookups(), $l, 'TEST 13: A still cached');
@@ -402,11 +411,6 @@ entries (its neighbours in the queue), cache misses nearly every time.
 --- init
 wait_listener();
 pg_stat_reset();
-my $evictions = sub {
-    my ($n) = http_get('/metrics')->{body}
-        =~ /^nginx_ratelimit_policy_zone_evictions_total (\d+)$/m;
-    return $n;
-};
 my $a = api_path('FREE00000002', 'free-token-1001');
 my $t0 = Time::HiRes::time();
 my @st = map { http_get($_)->{status} } $a,
@@ -415,12 +419,8 @@ push @st, http_get($a)->{status};
 my $t = Time::HiRes::time() - $t0;
 Test::More::is("@st", '200' . ' 404' x 10 . ' 200',
                'TEST 14: A, ten unknown, A again');
-my $i = 10;
-while ($evictions->() == 0 && $i < 3000) {
-    $i++;
-    http_get(api_path(sprintf('NOPE%08d', $i), 'free-token-1001'));
-}
-Test::More::cmp_ok($evictions->(), '>', 0, 'TEST 14: evictions');
+main::fill_until_eviction(10);
+Test::More::cmp_ok(main::evictions(), '>', 0, 'TEST 14: evictions');
 my $l = lookups();
 Test::More::is(http_get($a)->{status}, 200, 'TEST 14: A');
 SKIP: {
