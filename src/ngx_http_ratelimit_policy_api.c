@@ -63,6 +63,27 @@ static ngx_int_t ngx_http_ratelimit_policy_valid_slug(ngx_str_t *slug);
 #define NGX_HTTP_RATELIMIT_POLICY_UNPROCESSABLE  422
 
 
+/* the characters of an instance id: letters and digits */
+
+static uint32_t  ngx_http_ratelimit_policy_alnum[] = {
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+
+                /* ?>=< ;:98 7654 3210  /.-, +*)( '&%$ #"!  */
+    0x03ff0000, /* 0000 0011 1111 1111  0000 0000 0000 0000 */
+
+                /* _^]\ [ZYX WVUT SRQP  ONML KJIH GFED CBA@ */
+    0x07fffffe, /* 0000 0111 1111 1111  1111 1111 1111 1110 */
+
+                /*  ~}| {zyx wvut srqp  onml kjih gfed cba` */
+    0x07fffffe, /* 0000 0111 1111 1111  1111 1111 1111 1110 */
+
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+    0x00000000  /* 0000 0000 0000 0000  0000 0000 0000 0000 */
+};
+
+
 ngx_int_t
 ngx_http_ratelimit_policy_api_handler(ngx_http_request_t *r)
 {
@@ -180,7 +201,7 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_ctx_t *ctx, ngx_uint_t *status,
     const char **code, const char **message)
 {
-    u_char                                 *p;
+    u_char                                  c;
     ngx_str_t                               instance, token, arg_instance,
                                             arg_token;
     ngx_uint_t                              i;
@@ -223,11 +244,9 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
     }
 
     for (i = 0; i < instance.len; i++) {
-        p = &instance.data[i];
+        c = instance.data[i];
 
-        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z')
-              || (*p >= 'A' && *p <= 'Z')))
-        {
+        if (!(ngx_http_ratelimit_policy_alnum[c >> 5] & (1U << (c & 0x1f)))) {
             goto invalid;
         }
     }
@@ -349,13 +368,20 @@ ngx_http_ratelimit_policy_args(ngx_http_request_t *r, ngx_str_t *instance,
 }
 
 
-/* as ngx_strncasecmp() compares with a lowercase name, inline */
+/*
+ * as ngx_strncasecmp() compares with a lowercase name, inline; a name as
+ * clients send it, in lowercase, is one comparison of a few words
+ */
 
 static ngx_inline ngx_uint_t
 ngx_http_ratelimit_policy_name(u_char *p, const char *name, size_t len)
 {
     u_char  c;
     size_t  i;
+
+    if (ngx_memcmp(p, name, len) == 0) {
+        return 1;
+    }
 
     for (i = 0; i < len; i++) {
         c = p[i];
