@@ -398,13 +398,15 @@ metric() {
 
 # run_wrk NAME THREADS CONNS SECONDS METHOD PATH LO HI [OFFSET [SLUGS]]
 #   sets W_RPS, W_REQ, W_P99 (µs), W_STATUS (non-2xx/3xx answers),
-#   W_SOCK (socket errors); fails on socket errors
+#   W_SOCK (socket errors); fails on socket errors.  W_SCRIPT=slices.lua
+#   in the environment: that script instead of ids.lua (its arguments
+#   then), the output in $T/wrk-NAME.log
 run_wrk() {
     local name=$1 t=$2 c=$3 d=$4 out line
     shift 4
     out=$T/wrk-$name.log
     timeout $((d + 30)) wrk -t"$t" -c"$c" -d"${d}s" --timeout 10s \
-        -s "$root/bench/ids.lua" "$BASE" -- "$@" > "$out" 2>&1 \
+        -s "$root/bench/${W_SCRIPT:-ids.lua}" "$BASE" -- "$@" > "$out" 2>&1 \
         || { cat "$out" >&2; die "wrk $name failed"; }
     line=$(grep '^BENCH ' "$out") || { cat "$out" >&2; die "wrk $name: no summary"; }
     W_REQ=$(sed 's/.* requests=\([0-9]*\).*/\1/' <<< "$line")
