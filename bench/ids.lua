@@ -22,6 +22,9 @@
 --   BENCH requests=N duration_us=N connect=N read=N write=N status=N
 --         timeout=N p50_us=N p99_us=N
 
+local common = dofile((debug.getinfo(1, "S").source:match("^@(.*/)")
+                       or "") .. "common.lua")
+
 local reqs = {}
 local alt = {}
 local n = 0
@@ -29,7 +32,7 @@ local i = 0
 local pass = 0
 local threads = {}
 local counter = 0
-local STRIDE = 7919      -- a prime: every index once per pass
+local STRIDE = common.STRIDE
 
 local pace = tonumber(os.getenv("BENCH_PACE_MS") or "0") or 0
 
@@ -57,10 +60,7 @@ function init(args)
     local s0, s1 = slugs:match("^([^,]+),([^,]+)$")
 
     for k = lo, hi do
-        local id = string.format("1%011d", k)
-        local acct = math.floor((k - 1) / 10) + 1
-        local q = path .. "?instance_id=" .. id
-                  .. "&access_token=bench-token-" .. acct
+        local q = common.target(path, k)
         if s0 then
             reqs[#reqs + 1] = wrk.format(method, q .. "&policy_slug=" .. s0)
             alt[#alt + 1] = wrk.format(method, q .. "&policy_slug=" .. s1)
@@ -95,11 +95,5 @@ function request()
 end
 
 function done(summary, latency, requests)
-    local e = summary.errors
-    io.write(string.format(
-        "BENCH requests=%d duration_us=%d connect=%d read=%d write=%d "
-        .. "status=%d timeout=%d p50_us=%d p99_us=%d\n",
-        summary.requests, summary.duration, e.connect, e.read, e.write,
-        e.status, e.timeout, latency:percentile(50),
-        latency:percentile(99)))
+    io.write(common.summary(summary, latency))
 end

@@ -9,12 +9,15 @@
 -- done() prints the same BENCH line as bench/ids.lua, with the counts of
 -- answers by status class.
 
+local common = dofile((debug.getinfo(1, "S").source:match("^@(.*/)")
+                       or "") .. "common.lua")
+
 local reqs = {}
 local n = 0
 local i = 0
 local wait = 0
 local honour = true
-local STRIDE = 7919
+local STRIDE = common.STRIDE
 local counts = {}
 
 function init(args)
@@ -26,10 +29,7 @@ function init(args)
     honour = (args[6] or "1") ~= "0"
 
     for k = lo, hi do
-        local id = string.format("1%011d", k)
-        local acct = math.floor((k - 1) / 10) + 1
-        reqs[#reqs + 1] = wrk.format(method, path .. "?instance_id=" .. id
-                                     .. "&access_token=bench-token-" .. acct)
+        reqs[#reqs + 1] = wrk.format(method, common.target(path, k))
     end
 
     n = #reqs
@@ -58,11 +58,5 @@ function delay()
 end
 
 function done(summary, latency, requests)
-    local e = summary.errors
-    io.write(string.format(
-        "BENCH requests=%d duration_us=%d connect=%d read=%d write=%d "
-        .. "status=%d timeout=%d p50_us=%d p99_us=%d\n",
-        summary.requests, summary.duration, e.connect, e.read, e.write,
-        e.status, e.timeout, latency:percentile(50),
-        latency:percentile(99)))
+    io.write(common.summary(summary, latency))
 end

@@ -41,13 +41,16 @@
 
 local ffi = require("ffi")
 
+local common = dofile((debug.getinfo(1, "S").source:match("^@(.*/)")
+                       or "") .. "common.lua")
+
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_nsec; } bench_timespec_t;
 int clock_gettime(int clock, bench_timespec_t *ts);
 ]]
 
 local CLOCK_MONOTONIC = 1
-local STRIDE = 7919
+local STRIDE = common.STRIDE
 
 local ts = ffi.new("bench_timespec_t")
 local slice_us = (tonumber(os.getenv("BENCH_SLICE_MS") or "23") or 23) * 1000
@@ -89,11 +92,7 @@ function init(args)
         local list = {}
 
         for k = lo, hi do
-            local id = string.format("1%011d", k)
-            local acct = math.floor((k - 1) / 10) + 1
-            list[#list + 1] = wrk.format("GET", paths[p] .. "?instance_id="
-                                         .. id .. "&access_token=bench-token-"
-                                         .. acct)
+            list[#list + 1] = wrk.format("GET", common.target(paths[p], k))
         end
 
         reqs[p] = list
@@ -124,16 +123,10 @@ function request()
 end
 
 function done(summary, latency, requests)
-    local e = summary.errors
     local all = {}
     local lo, hi, start
 
-    io.write(string.format(
-        "BENCH requests=%d duration_us=%d connect=%d read=%d write=%d "
-        .. "status=%d timeout=%d p50_us=%d p99_us=%d\n",
-        summary.requests, summary.duration, e.connect, e.read, e.write,
-        e.status, e.timeout, latency:percentile(50),
-        latency:percentile(99)))
+    io.write(common.summary(summary, latency))
 
     for _, thread in ipairs(threads) do
         local c = thread:get("counts")
