@@ -8,6 +8,15 @@
 
 local common = {}
 
+-- wrk's threads, in the order setup() saw them (each knows its own number
+-- as the global tid), for done() to read their results
+common.threads = {}
+
+function common.setup(thread)
+    thread:set("tid", #common.threads)
+    table.insert(common.threads, thread)
+end
+
 -- a prime: stepping by it over a range of N ids (N not a multiple of it)
 -- visits every index once per pass, and requests in flight together
 -- belong to different accounts

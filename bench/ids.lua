@@ -30,8 +30,6 @@ local alt = {}
 local n = 0
 local i = 0
 local pass = 0
-local threads = {}
-local counter = 0
 local STRIDE = common.STRIDE
 
 local pace = tonumber(os.getenv("BENCH_PACE_MS") or "0") or 0
@@ -44,11 +42,7 @@ if pace > 0 then
     end
 end
 
-function setup(thread)
-    thread:set("tid", counter)
-    counter = counter + 1
-    table.insert(threads, thread)
-end
+setup = common.setup
 
 function init(args)
     local method = args[1] or "GET"

@@ -60,8 +60,6 @@ local skip_us = (tonumber(os.getenv("BENCH_SLICE_SKIP_MS") or "500") or 500)
 local reqs = {}
 local n = 0
 local i = 0
-local threads = {}
-local counter = 0
 
 -- read by done() from each thread: the paths, and the requests made per
 -- slice, keyed "s<slice number>" (wrk copies string keys faithfully)
@@ -74,11 +72,7 @@ local function now_us()
     return tonumber(ts.tv_sec) * 1000000 + tonumber(ts.tv_nsec) / 1000
 end
 
-function setup(thread)
-    thread:set("tid", counter)
-    counter = counter + 1
-    table.insert(threads, thread)
-end
+setup = common.setup
 
 function init(args)
     local lo = tonumber(args[1] or "1")
@@ -128,7 +122,7 @@ function done(summary, latency, requests)
 
     io.write(common.summary(summary, latency))
 
-    for _, thread in ipairs(threads) do
+    for _, thread in ipairs(common.threads) do
         local c = thread:get("counts")
         local f = thread:get("first")
 
@@ -144,7 +138,7 @@ function done(summary, latency, requests)
         end
     end
 
-    local ps = threads[1]:get("paths")
+    local ps = common.threads[1]:get("paths")
     local np = #ps
     local sum, cnt = {}, {}
 
