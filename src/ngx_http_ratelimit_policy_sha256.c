@@ -43,7 +43,9 @@
     } while (0)
 
 
-static uint64_t ngx_http_ratelimit_policy_le64(const u_char *p);
+static ngx_inline uint64_t ngx_http_ratelimit_policy_le64(const u_char *p);
+static ngx_inline void ngx_http_ratelimit_policy_put_le64(u_char *p,
+    uint64_t v);
 static void ngx_http_ratelimit_policy_sha256_block(
     ngx_http_ratelimit_policy_sha256_t *ctx, const u_char *p);
 
@@ -262,9 +264,9 @@ void
 ngx_http_ratelimit_policy_siphash128(u_char out[16], const u_char key[16],
     const u_char *data, size_t len)
 {
-    size_t      left;
-    uint64_t    k0, k1, v0, v1, v2, v3, m, b;
-    ngx_uint_t  i;
+    size_t    left;
+    u_char    tail[8];
+    uint64_t  k0, k1, v0, v1, v2, v3, m, b;
 
     k0 = ngx_http_ratelimit_policy_le64(key);
     k1 = ngx_http_ratelimit_policy_le64(key + 8);
@@ -284,8 +286,10 @@ ngx_http_ratelimit_policy_siphash128(u_char out[16], const u_char key[16],
         v0 ^= m;
     }
 
-    for (i = 0; i < left; i++) {
-        b |= (uint64_t) data[i] << (8 * i);
+    if (left) {
+        ngx_memzero(tail, sizeof(tail));
+        ngx_memcpy(tail, data, left);
+        b |= ngx_http_ratelimit_policy_le64(tail);
     }
 
     v3 ^= b;
@@ -299,11 +303,7 @@ ngx_http_ratelimit_policy_siphash128(u_char out[16], const u_char key[16],
     SIPROUND;
     SIPROUND;
 
-    b = v0 ^ v1 ^ v2 ^ v3;
-
-    for (i = 0; i < 8; i++) {
-        out[i] = (u_char) (b >> (8 * i));
-    }
+    ngx_http_ratelimit_policy_put_le64(out, v0 ^ v1 ^ v2 ^ v3);
 
     v1 ^= 0xdd;
     SIPROUND;
@@ -311,19 +311,29 @@ ngx_http_ratelimit_policy_siphash128(u_char out[16], const u_char key[16],
     SIPROUND;
     SIPROUND;
 
-    b = v0 ^ v1 ^ v2 ^ v3;
-
-    for (i = 0; i < 8; i++) {
-        out[8 + i] = (u_char) (b >> (8 * i));
-    }
+    ngx_http_ratelimit_policy_put_le64(out + 8, v0 ^ v1 ^ v2 ^ v3);
 }
 
 
-static uint64_t
+static ngx_inline uint64_t
 ngx_http_ratelimit_policy_le64(const u_char *p)
 {
     return (uint64_t) p[0] | ((uint64_t) p[1] << 8) | ((uint64_t) p[2] << 16)
            | ((uint64_t) p[3] << 24) | ((uint64_t) p[4] << 32)
            | ((uint64_t) p[5] << 40) | ((uint64_t) p[6] << 48)
            | ((uint64_t) p[7] << 56);
+}
+
+
+static ngx_inline void
+ngx_http_ratelimit_policy_put_le64(u_char *p, uint64_t v)
+{
+    p[0] = (u_char) v;
+    p[1] = (u_char) (v >> 8);
+    p[2] = (u_char) (v >> 16);
+    p[3] = (u_char) (v >> 24);
+    p[4] = (u_char) (v >> 32);
+    p[5] = (u_char) (v >> 40);
+    p[6] = (u_char) (v >> 48);
+    p[7] = (u_char) (v >> 56);
 }
