@@ -166,12 +166,10 @@ ngx_http_ratelimit_policy_shm_prefetch_entry(
         return;
     }
 
-    /* an entry takes a 256-byte chunk: its four lines */
+    /* what a request answered from the zone reads: the first two lines */
 
     ngx_http_ratelimit_policy_prefetch(p);
     ngx_http_ratelimit_policy_prefetch(p + 64);
-    ngx_http_ratelimit_policy_prefetch(p + 128);
-    ngx_http_ratelimit_policy_prefetch(p + 192);
 }
 
 
@@ -234,7 +232,11 @@ ngx_http_ratelimit_policy_shm_create(ngx_http_ratelimit_policy_shctx_t *ctx,
     size_t                              size;
     ngx_http_ratelimit_policy_node_t   *n, **bucket;
 
-    size = offsetof(ngx_http_ratelimit_policy_node_t, key) + len;
+    size = sizeof(ngx_http_ratelimit_policy_node_t);
+
+    if (len > NGX_HTTP_RATELIMIT_POLICY_KEY_MAX) {
+        return NULL;
+    }
 
     n = ngx_http_ratelimit_policy_shm_alloc(ctx, size);
     if (n == NULL) {

@@ -15,9 +15,12 @@
 
 
 /* bump on any change of the structures below: reload refuses the zone */
-#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5008
+#define NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC  0x524c5009
 
 #define NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN  16
+
+/* the longest key of an entry: a token's digest */
+#define NGX_HTTP_RATELIMIT_POLICY_KEY_MAX  NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN
 
 /* the resolution of the LRU order, msec: see ngx_http_ratelimit_policy_shm.c */
 #define NGX_HTTP_RATELIMIT_POLICY_LRU_RESOLUTION  1000
@@ -52,6 +55,15 @@ typedef struct ngx_http_ratelimit_policy_node_s
     ngx_http_ratelimit_policy_node_t;
 
 struct ngx_http_ratelimit_policy_node_s {
+    /*
+     * The first 128 bytes, two cache lines of the 256-byte chunk, hold all
+     * that a request answered from the zone reads: the lookup (next, hash,
+     * type, key_len, key, used), freshness (state, epoch, expires, echo,
+     * echo_until), the token (verifier), the policy (slug) and the counters.
+     * What only a database lookup, a PATCH or an invalidation reads comes
+     * after them.
+     */
+
     /* the next entry of its hash bucket, and its hash */
     ngx_http_ratelimit_policy_node_t  *next;
     uint32_t                      hash;
@@ -63,45 +75,49 @@ struct ngx_http_ratelimit_policy_node_s {
     u_char                        slug_len;
     u_char                        has_slug;
     u_char                        key_len;
+    u_char                        echo;
 
     /* msec, low bits: when it last moved to the head of the LRU queue */
     uint32_t                      used;
 
-    ngx_queue_t                   queue;
-
     /* msec, low bits: compared as (int32_t) (t - (uint32_t) now) */
     uint32_t                      expires;
+    uint32_t                      epoch;
+
+    /*
+     * the echo of this node's PATCH: its state (echo, above), until when
+     * (msec, low bits), the backend that runs it and its tag, see cache.c
+     */
+    uint32_t                      echo_until;
+
+    /* enforcement, see ngx_http_ratelimit_policy_usage.h; or NULL */
+    struct ngx_http_ratelimit_policy_counters_s  *counters;
+
+    /* the keyed hash of a token that matched digest, or all zeroes */
+    u_char                        verifier[
+                                      NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN];
+
+    /* an instance id, or a token's digest: key_len bytes */
+    u_char                        key[NGX_HTTP_RATELIMIT_POLICY_KEY_MAX];
+
+    /* a slug of up to 32 bytes stays in the second line */
+    u_char                        slug[NGX_HTTP_RATELIMIT_POLICY_SLUG_MAX];
+
+    ngx_queue_t                   queue;
+
     uint32_t                      loading;      /* loading until, or 0 */
     ngx_pid_t                     loader;
 
     /* unknown instance: tokens looked up since probes_since, see cache.c */
     uint32_t                      probes_since; /* msec, low bits */
     uint32_t                      version;      /* bumped by invalidation */
-    uint32_t                      epoch;
 
-    /*
-     * the echo of this node's PATCH: the backend that runs it, until when
-     * (msec, low bits), its tag and its state, see cache.c; all laid out
-     * so that an instance's node, and a token's, fit a 256-byte chunk
-     */
     int32_t                       echo_pid;
-    uint32_t                      echo_until;
     uint16_t                      echo_tag;
-    u_char                        echo;
     u_char                        probes;
-
-    /* enforcement, see ngx_http_ratelimit_policy_usage.h; or NULL */
-    struct ngx_http_ratelimit_policy_counters_s  *counters;
 
     int64_t                       account_id;
     u_char                        digest[NGX_HTTP_RATELIMIT_POLICY_DIGEST_LEN];
-    u_char                        slug[NGX_HTTP_RATELIMIT_POLICY_SLUG_MAX];
-
-    /* the keyed hash of a token that matched digest, or all zeroes */
-    u_char                        verifier[
-                                      NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN];
-
-    u_char                        key[1];
 };
 
 
