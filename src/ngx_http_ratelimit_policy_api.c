@@ -466,7 +466,7 @@ ngx_http_ratelimit_policy_authorize(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_ctx_t *ctx, ngx_uint_t *status,
     const char **code, const char **message)
 {
-    ngx_http_ratelimit_policy_policy_t     *stored;
+    ngx_uint_t                              stored;
     ngx_http_ratelimit_policy_lookup_t     *lk;
     ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
 
@@ -527,31 +527,16 @@ ngx_http_ratelimit_policy_authorize(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    /* the effective policy */
-
-    stored = NULL;
-
-    if (lk->has_slug) {
-        stored = ngx_http_ratelimit_policy_catalog_find(lk->catalog, lk->slug,
-                                                        lk->slug_len);
-    }
-
-    if (stored != NULL && (stored->is_free || lk->has_active_plan)) {
-        ctx->effective = stored;
-
-    } else {
-        ctx->effective = ngx_http_ratelimit_policy_catalog_find(lk->catalog,
-                                                  rpmcf->default_slug.data,
-                                                  rpmcf->default_slug.len);
-
-        if (ctx->effective == NULL) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "ratelimit_policy: the default policy \"%V\" is "
-                          "not in the catalogue", &rpmcf->default_slug);
-        }
-    }
+    ctx->effective = ngx_http_ratelimit_policy_effective(lk->catalog, rpmcf,
+                                        lk->has_slug ? lk->slug : NULL,
+                                        lk->slug_len, lk->has_active_plan,
+                                        &stored);
 
     if (ctx->effective == NULL) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "ratelimit_policy: the default policy \"%V\" is "
+                      "not in the catalogue", &rpmcf->default_slug);
+
         ctx->policy = rpmcf->default_slug;
         return NGX_OK;
     }
@@ -570,6 +555,37 @@ ngx_http_ratelimit_policy_authorize(ngx_http_request_t *r,
                ctx->policy.len);
 
     return NGX_OK;
+}
+
+
+/*
+ * The effective policy: the stored one (slug, NULL if none) if the
+ * catalogue has it and the account may have it (a free policy, or an
+ * active plan), else the default one; NULL if the catalogue has neither.
+ * *stored: whether it is the stored one.
+ */
+
+ngx_http_ratelimit_policy_policy_t *
+ngx_http_ratelimit_policy_effective(ngx_http_ratelimit_policy_catalog_t *cat,
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf, u_char *slug, size_t len,
+    ngx_uint_t plan, ngx_uint_t *stored)
+{
+    ngx_http_ratelimit_policy_policy_t  *p;
+
+    if (slug != NULL) {
+        p = ngx_http_ratelimit_policy_catalog_find(cat, slug, len);
+
+        if (p != NULL && (p->is_free || plan)) {
+            *stored = 1;
+            return p;
+        }
+    }
+
+    *stored = 0;
+
+    return ngx_http_ratelimit_policy_catalog_find(cat,
+                                                  rpmcf->default_slug.data,
+                                                  rpmcf->default_slug.len);
 }
 
 

@@ -45,6 +45,15 @@ ngx_int_t ngx_http_ratelimit_policy_authorize(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_ctx_t *ctx, ngx_uint_t *status,
     const char **code, const char **message);
 
+/*
+ * the effective policy of a stored slug (NULL: none) in cat; NULL if
+ * neither it nor the default is there; *stored: whether it is the stored
+ */
+ngx_http_ratelimit_policy_policy_t *ngx_http_ratelimit_policy_effective(
+    ngx_http_ratelimit_policy_catalog_t *cat,
+    ngx_http_ratelimit_policy_main_conf_t *rpmcf, u_char *slug, size_t len,
+    ngx_uint_t plan, ngx_uint_t *stored);
+
 ngx_int_t ngx_http_ratelimit_policy_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *message,
     ngx_str_t *current_policy);

@@ -212,16 +212,11 @@ ngx_http_ratelimit_policy_catalog_ensure(ngx_http_ratelimit_policy_lookup_t *lk)
 
     /* the common case: this worker's copy is current and fresh */
 
-    now = ngx_current_msec;
-
-    if (ngx_http_ratelimit_policy_local != NULL
-        && ngx_http_ratelimit_policy_gen == sh->catalog_gen
-        && sh->catalog_version == sh->catalog_loaded_version
-        && (ngx_msec_int_t) (sh->catalog_expires - now) > 0)
-    {
+    if (ngx_http_ratelimit_policy_catalog_current() != NULL) {
         return NGX_OK;
     }
 
+    now = ngx_current_msec;
     start = 0;
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
@@ -295,6 +290,61 @@ ngx_http_ratelimit_policy_catalog_ensure(ngx_http_ratelimit_policy_lookup_t *lk)
     /* another worker is loading it */
 
     return ngx_http_ratelimit_policy_wait(lk);
+}
+
+
+/* this worker's copy of the catalogue, if current and fresh; or NULL */
+
+ngx_http_ratelimit_policy_catalog_t *
+ngx_http_ratelimit_policy_catalog_current(void)
+{
+    ngx_http_ratelimit_policy_sh_t     *sh;
+    ngx_http_ratelimit_policy_shctx_t  *ctx;
+
+    ctx = ngx_http_ratelimit_policy_conf->shm_zone->data;
+    sh = ctx->sh;
+
+    if (ngx_http_ratelimit_policy_local != NULL
+        && ngx_http_ratelimit_policy_gen == sh->catalog_gen
+        && sh->catalog_version == sh->catalog_loaded_version
+        && (ngx_msec_int_t) (sh->catalog_expires - ngx_current_msec) > 0)
+    {
+        return ngx_http_ratelimit_policy_local;
+    }
+
+    return NULL;
+}
+
+
+/*
+ * With the zone locked: the entry of lk's instance if resolve() would
+ * answer from it at once and authorize() would accept lk's token by its
+ * keyed hash, that is a fresh entry of an existing instance that this
+ * very token was verified for; or NULL
+ */
+
+ngx_http_ratelimit_policy_node_t *
+ngx_http_ratelimit_policy_cached(ngx_http_ratelimit_policy_shctx_t *ctx,
+    ngx_http_ratelimit_policy_lookup_t *lk)
+{
+    ngx_http_ratelimit_policy_node_t  *node;
+
+    node = ngx_http_ratelimit_policy_shm_find(ctx, lk->hash,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
+                                       lk->instance,
+                                       NGX_HTTP_RATELIMIT_POLICY_INSTANCE_LEN);
+
+    if (node == NULL
+        || node->state != NGX_HTTP_RATELIMIT_POLICY_STATE_FOUND
+        || !ngx_http_ratelimit_policy_fresh(ctx, node)
+        || !ngx_http_ratelimit_policy_digest_equal(lk->verifier,
+                                        node->verifier,
+                                        NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN))
+    {
+        return NULL;
+    }
+
+    return node;
 }
 
 

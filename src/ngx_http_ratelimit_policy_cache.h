@@ -118,6 +118,18 @@ typedef struct {
 ngx_int_t ngx_http_ratelimit_policy_resolve(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_lookup_t *lk);
 
+/* this worker's copy of the catalogue, if current and fresh; or NULL */
+ngx_http_ratelimit_policy_catalog_t *
+    ngx_http_ratelimit_policy_catalog_current(void);
+
+/*
+ * with the zone locked: lk's entry if resolve() would answer from it at
+ * once and its token is known by its keyed hash; or NULL
+ */
+ngx_http_ratelimit_policy_node_t *ngx_http_ratelimit_policy_cached(
+    ngx_http_ratelimit_policy_shctx_t *ctx,
+    ngx_http_ratelimit_policy_lookup_t *lk);
+
 /* the request goes away: forget a lookup it waits for */
 void ngx_http_ratelimit_policy_resolve_cancel(
     ngx_http_ratelimit_policy_lookup_t *lk);

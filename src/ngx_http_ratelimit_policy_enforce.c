@@ -54,6 +54,7 @@ typedef struct {
     ngx_http_ratelimit_policy_shctx_t          *shctx;
     ngx_http_ratelimit_policy_counters_t       *counters;   /* in flight */
     ngx_http_ratelimit_policy_hold_t           *hold;
+    ngx_http_ratelimit_policy_window_limits_t   lim;
     ngx_http_ratelimit_policy_window_result_t   res;
     ngx_msec_t                                  decided;
     ngx_uint_t                                  state;
@@ -69,7 +70,17 @@ typedef struct {
 static ngx_int_t ngx_http_ratelimit_policy_enforce_handler(
     ngx_http_request_t *r);
 static void ngx_http_ratelimit_policy_enforce_resume(ngx_http_request_t *r);
+static ngx_int_t ngx_http_ratelimit_policy_enforce_cached(
+    ngx_http_request_t *r, ngx_http_ratelimit_policy_enforce_ctx_t *ectx);
 static ngx_int_t ngx_http_ratelimit_policy_enforce_decide(
+    ngx_http_request_t *r, ngx_http_ratelimit_policy_enforce_ctx_t *ectx);
+static void ngx_http_ratelimit_policy_enforce_limits(
+    ngx_http_ratelimit_policy_enforce_ctx_t *ectx,
+    ngx_http_ratelimit_policy_policy_t *p);
+static void ngx_http_ratelimit_policy_enforce_count(
+    ngx_http_ratelimit_policy_enforce_ctx_t *ectx,
+    ngx_http_ratelimit_policy_counters_t *c);
+static ngx_int_t ngx_http_ratelimit_policy_enforce_verdict(
     ngx_http_request_t *r, ngx_http_ratelimit_policy_enforce_ctx_t *ectx);
 static ngx_int_t ngx_http_ratelimit_policy_enforce_fail(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_enforce_ctx_t *ectx, ngx_uint_t status,
@@ -80,7 +91,7 @@ static ngx_int_t ngx_http_ratelimit_policy_enforce_reject(
 static ngx_int_t ngx_http_ratelimit_policy_enforce_body(ngx_pool_t *pool,
     ngx_str_t *out, const char *limit, int64_t retry, const char *message);
 static ngx_uint_t ngx_http_ratelimit_policy_enforce_limit(
-    ngx_http_ratelimit_policy_enforce_ctx_t *ectx);
+    ngx_http_ratelimit_policy_enforce_ctx_t *ectx, int64_t *value);
 static void ngx_http_ratelimit_policy_enforce_log(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_enforce_ctx_t *ectx,
     ngx_http_ratelimit_policy_loc_conf_t *rpcf, int64_t value);
@@ -260,6 +271,10 @@ ngx_http_ratelimit_policy_enforce_handler(ngx_http_request_t *r)
                                                       message);
     }
 
+    if (ngx_http_ratelimit_policy_enforce_cached(r, ectx) == NGX_OK) {
+        return ngx_http_ratelimit_policy_enforce_verdict(r, ectx);
+    }
+
     rc = ngx_http_ratelimit_policy_resolve(r, &ectx->base.lookup);
 
     if (rc == NGX_AGAIN) {
@@ -318,16 +333,13 @@ static ngx_int_t
 ngx_http_ratelimit_policy_enforce_decide(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_enforce_ctx_t *ectx)
 {
-    int                                         verdict;
-    ngx_int_t                                   rc;
-    ngx_uint_t                                  status, cls;
-    const char                                 *code, *message;
-    ngx_http_ratelimit_policy_node_t           *node;
-    ngx_http_ratelimit_policy_policy_t         *p;
-    ngx_http_ratelimit_policy_shctx_t          *ctx;
-    ngx_http_ratelimit_policy_counters_t       *c;
-    ngx_http_ratelimit_policy_loc_conf_t       *rpcf;
-    ngx_http_ratelimit_policy_window_limits_t   lim;
+    ngx_int_t                              rc;
+    ngx_uint_t                             status;
+    const char                            *code, *message;
+    ngx_http_ratelimit_policy_node_t      *node;
+    ngx_http_ratelimit_policy_policy_t    *p;
+    ngx_http_ratelimit_policy_shctx_t     *ctx;
+    ngx_http_ratelimit_policy_counters_t  *c;
 
     ectx->state = NGX_HTTP_RATELIMIT_POLICY_ENFORCE_DONE;
 
@@ -354,12 +366,7 @@ ngx_http_ratelimit_policy_enforce_decide(ngx_http_request_t *r,
                                         "retry later");
     }
 
-    cls = ectx->cls;
-
-    lim.per_minute = p->limits[ngx_http_ratelimit_policy_minute_limit[cls]];
-    lim.daily = p->limits[ngx_http_ratelimit_policy_daily_limit[cls]];
-    lim.protection = p->limits[NGX_HTTP_RATELIMIT_POLICY_PROTECTION];
-    lim.concurrent = p->limits[NGX_HTTP_RATELIMIT_POLICY_CONCURRENT];
+    ngx_http_ratelimit_policy_enforce_limits(ectx, p);
 
     ctx = ectx->shctx;
 
@@ -402,7 +409,7 @@ ngx_http_ratelimit_policy_enforce_decide(ngx_http_request_t *r,
                       "counters of instance \"%V\", request not counted",
                       &ectx->base.instance);
 
-        ngx_http_ratelimit_policy_metrics_enforced(cls,
+        ngx_http_ratelimit_policy_metrics_enforced(ectx->cls,
                                    NGX_HTTP_RATELIMIT_POLICY_METRICS_NO_LIMIT,
                                    NGX_HTTP_RATELIMIT_POLICY_VERDICT_ADMITTED);
 
@@ -410,39 +417,181 @@ ngx_http_ratelimit_policy_enforce_decide(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
+    ngx_http_ratelimit_policy_enforce_count(ectx, c);
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    return ngx_http_ratelimit_policy_enforce_verdict(r, ectx);
+}
+
+
+/*
+ * The common case in one critical section, without the lookup's copy of
+ * the entry: resolve() would answer from the zone at once, authorize()
+ * would accept the token by its keyed hash (see
+ * ngx_http_ratelimit_policy_cached()), and the instance has its counters.
+ * NGX_DECLINED: not so, the lookup and decide() take over.
+ */
+
+static ngx_int_t
+ngx_http_ratelimit_policy_enforce_cached(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_enforce_ctx_t *ectx)
+{
+    ngx_uint_t                              stored;
+    ngx_http_ratelimit_policy_node_t       *node;
+    ngx_http_ratelimit_policy_policy_t     *p;
+    ngx_http_ratelimit_policy_lookup_t     *lk;
+    ngx_http_ratelimit_policy_shctx_t      *ctx;
+    ngx_http_ratelimit_policy_catalog_t    *cat;
+    ngx_http_ratelimit_policy_counters_t   *c;
+    ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
+
+    /* the worker's copy of the catalogue, current: it cannot go meanwhile */
+
+    cat = ngx_http_ratelimit_policy_catalog_current();
+
+    if (cat == NULL) {
+        return NGX_DECLINED;
+    }
+
+    rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
+
+    ctx = ectx->shctx;
+    lk = &ectx->base.lookup;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    node = ngx_http_ratelimit_policy_cached(ctx, lk);
+
+    if (node == NULL || node->counters == NULL) {
+        goto declined;
+    }
+
+    c = node->counters;
+
+    /* see ngx_http_ratelimit_policy_window.h */
+    ngx_http_ratelimit_policy_prefetch(c);
+    ngx_http_ratelimit_policy_prefetch((u_char *) c + 64);
+    ngx_http_ratelimit_policy_prefetch((u_char *) c + 128);
+
+    p = ngx_http_ratelimit_policy_effective(cat, rpmcf,
+                                        node->has_slug ? node->slug : NULL,
+                                        node->slug_len, node->has_active_plan,
+                                        &stored);
+    if (p == NULL) {
+        /* decide() logs it, and answers */
+        goto declined;
+    }
+
+    /* what $ratelimit_policy shows, as authorize() sets it */
+
+    if (stored) {
+        lk->has_slug = 1;
+        lk->slug_len = node->slug_len;
+        ngx_memcpy(lk->slug, node->slug, node->slug_len);
+
+        ectx->base.policy.data = lk->slug;
+        ectx->base.policy.len = lk->slug_len;
+
+    } else {
+        ectx->base.policy = rpmcf->default_slug;
+    }
+
+    ngx_http_ratelimit_policy_enforce_limits(ectx, p);
+    ngx_http_ratelimit_policy_enforce_count(ectx, c);
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    ngx_http_ratelimit_policy_stat(ctx, cache_hits);
+
+    return NGX_OK;
+
+declined:
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    return NGX_DECLINED;
+}
+
+
+/* the limits of the request's class */
+
+static void
+ngx_http_ratelimit_policy_enforce_limits(
+    ngx_http_ratelimit_policy_enforce_ctx_t *ectx,
+    ngx_http_ratelimit_policy_policy_t *p)
+{
+    ngx_uint_t  cls;
+
+    cls = ectx->cls;
+
+    ectx->lim.per_minute =
+                      p->limits[ngx_http_ratelimit_policy_minute_limit[cls]];
+    ectx->lim.daily = p->limits[ngx_http_ratelimit_policy_daily_limit[cls]];
+    ectx->lim.protection = p->limits[NGX_HTTP_RATELIMIT_POLICY_PROTECTION];
+    ectx->lim.concurrent = p->limits[NGX_HTTP_RATELIMIT_POLICY_CONCURRENT];
+}
+
+
+/* with the zone locked: the decision, and what an admission holds */
+
+static void
+ngx_http_ratelimit_policy_enforce_count(
+    ngx_http_ratelimit_policy_enforce_ctx_t *ectx,
+    ngx_http_ratelimit_policy_counters_t *c)
+{
+    ngx_http_ratelimit_policy_shctx_t  *ctx;
+
+    ctx = ectx->shctx;
+
     /* the monotonic clock for the minute and the cool-down, UTC for days */
 
-    verdict = ngx_http_ratelimit_policy_window_decide(&c->w, (unsigned) cls,
-                                                  &lim,
+    (void) ngx_http_ratelimit_policy_window_decide(&c->w,
+                                                  (unsigned) ectx->cls,
+                                                  &ectx->lim,
                                                   (uint64_t) ngx_current_msec,
                                                   (int64_t) ngx_time(),
                                                   &ectx->res);
 
-    if (verdict == NGX_HTTP_RATELIMIT_POLICY_WINDOW_PASS) {
-
-        if (lim.concurrent >= 0) {
-            ectx->counters = c;
-            ectx->hold = ngx_http_ratelimit_policy_usage_hold(ctx, c);
-
-        } else {
-            /* no concurrency limit: nothing to hold while in flight */
-            ngx_http_ratelimit_policy_window_release(&c->w);
-        }
-
-        ngx_http_ratelimit_policy_usage_dirty(ctx, c, lim.daily >= 0);
+    if (ectx->res.verdict != NGX_HTTP_RATELIMIT_POLICY_WINDOW_PASS) {
+        return;
     }
 
-    ngx_shmtx_unlock(&ctx->shpool->mutex);
+    if (ectx->lim.concurrent >= 0) {
+        ectx->counters = c;
+        ectx->hold = ngx_http_ratelimit_policy_usage_hold(ctx, c);
+
+    } else {
+        /* no concurrency limit: nothing to hold while in flight */
+        ngx_http_ratelimit_policy_window_release(&c->w);
+    }
+
+    ngx_http_ratelimit_policy_usage_dirty(ctx, c, ectx->lim.daily >= 0);
+}
+
+
+/* after the decision: the request goes on, or is rejected */
+
+static ngx_int_t
+ngx_http_ratelimit_policy_enforce_verdict(ngx_http_request_t *r,
+    ngx_http_ratelimit_policy_enforce_ctx_t *ectx)
+{
+    int64_t                                value;
+    ngx_uint_t                             cls;
+    ngx_http_ratelimit_policy_loc_conf_t  *rpcf;
 
     rpcf = ngx_http_get_module_loc_conf(r, ngx_http_ratelimit_policy_module);
 
+    cls = ectx->cls;
+
+    ectx->state = NGX_HTTP_RATELIMIT_POLICY_ENFORCE_DONE;
     ectx->decision = 1;
     ectx->decided = ngx_current_msec;
     ectx->headers = rpcf->headers
                     && (ectx->res.minute_limit >= 0
                         || ectx->res.day_limit >= 0);
 
-    if (verdict == NGX_HTTP_RATELIMIT_POLICY_WINDOW_PASS) {
+    if (ectx->res.verdict == NGX_HTTP_RATELIMIT_POLICY_WINDOW_PASS) {
         ngx_http_ratelimit_policy_metrics_enforced(cls,
                                    NGX_HTTP_RATELIMIT_POLICY_METRICS_NO_LIMIT,
                                    NGX_HTTP_RATELIMIT_POLICY_VERDICT_ADMITTED);
@@ -457,10 +606,9 @@ ngx_http_ratelimit_policy_enforce_decide(ngx_http_request_t *r,
         return NGX_DECLINED;
     }
 
-    ectx->limit = ngx_http_ratelimit_policy_enforce_limit(ectx);
+    ectx->limit = ngx_http_ratelimit_policy_enforce_limit(ectx, &value);
 
-    ngx_http_ratelimit_policy_enforce_log(r, ectx, rpcf,
-                                          p->limits[ectx->limit]);
+    ngx_http_ratelimit_policy_enforce_log(r, ectx, rpcf, value);
 
     if (rpcf->dry_run) {
         ngx_http_ratelimit_policy_metrics_enforced(cls, ectx->limit,
@@ -479,24 +627,31 @@ ngx_http_ratelimit_policy_enforce_decide(ngx_http_request_t *r,
 }
 
 
-/* the limit a rejection is about: an index of a policy's limits[] */
+/*
+ * the limit a rejection is about: an index of a policy's limits[], and
+ * its value
+ */
 
 static ngx_uint_t
 ngx_http_ratelimit_policy_enforce_limit(
-    ngx_http_ratelimit_policy_enforce_ctx_t *ectx)
+    ngx_http_ratelimit_policy_enforce_ctx_t *ectx, int64_t *value)
 {
     switch (ectx->res.verdict) {
 
     case NGX_HTTP_RATELIMIT_POLICY_WINDOW_PROTECTION:
+        *value = ectx->lim.protection;
         return NGX_HTTP_RATELIMIT_POLICY_PROTECTION;
 
     case NGX_HTTP_RATELIMIT_POLICY_WINDOW_CONCURRENCY:
+        *value = ectx->lim.concurrent;
         return NGX_HTTP_RATELIMIT_POLICY_CONCURRENT;
 
     case NGX_HTTP_RATELIMIT_POLICY_WINDOW_MINUTE:
+        *value = ectx->lim.per_minute;
         return ngx_http_ratelimit_policy_minute_limit[ectx->cls];
 
     default:
+        *value = ectx->lim.daily;
         return ngx_http_ratelimit_policy_daily_limit[ectx->cls];
     }
 }

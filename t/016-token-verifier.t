@@ -9,8 +9,9 @@ use RLPHelpers;
 
 repeat_each(1);
 
-# 6 + 3 requests, a status and a body test each; TEST 2's init: 3
-plan tests => repeat_each() * 18 + 3;
+# 6 + 3 requests, a status and a body test each; TEST 2's init: 3;
+# TEST 3: 8 requests, a status, a header and a body test each
+plan tests => repeat_each() * (18 + 24) + 3;
 
 END { reset_fixtures() }
 
@@ -80,4 +81,55 @@ Test::More::ok(wait_until(2, sub {
  qr/"current_policy":"strict"/,
  qr/"code":"invalid_token"/,
  qr/"current_policy":"strict"/,
+]
+
+
+
+=== TEST 3: enforcement: a request answered from the zone checks the token, and sets $ratelimit_policy
+The second request of each instance is decided in one critical section
+from the zone (the token known by its keyed hash): a wrong token there is
+still refused, and $ratelimit_policy is the effective policy on both
+paths: the stored one (strict), or the default (standard_policy) for a
+paid policy whose plan has ended.
+--- config
+    location /upstream/ { return 200 "upstream\n"; }
+    location /send {
+        add_header X-Policy "$ratelimit_policy" always;
+        ratelimit_policy_enforce send_message;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/upstream/;
+    }
+--- request eval
+[
+ "GET /send?instance_id=FREE00000002&access_token=free-token-1001",
+ "GET /send?instance_id=FREE00000002&access_token=free-token-1001",
+ "GET /send?instance_id=FREE00000002&access_token=free-token-1002",
+ "GET /send?instance_id=FREE00000002&access_token=other-token-1004",
+ "GET /send?instance_id=FREE00000002&access_token=free-token-1001",
+ "GET /send?instance_id=LAPS00000001&access_token=lapsed-token-1003",
+ "GET /send?instance_id=LAPS00000001&access_token=lapsed-token-1003",
+ "GET /send?instance_id=LAPS00000001&access_token=free-token-1001",
+]
+--- error_code eval
+[200, 200, 401, 401, 200, 200, 200, 401]
+--- response_headers eval
+[
+ "X-Policy: strict",
+ "X-Policy: strict",
+ "!X-Policy",
+ "!X-Policy",
+ "X-Policy: strict",
+ "X-Policy: standard_policy",
+ "X-Policy: standard_policy",
+ "!X-Policy",
+]
+--- response_body_like eval
+[
+ qr/^upstream$/,
+ qr/^upstream$/,
+ qr/"code":"invalid_token"/,
+ qr/"code":"invalid_token"/,
+ qr/^upstream$/,
+ qr/^upstream$/,
+ qr/^upstream$/,
+ qr/"code":"invalid_token"/,
 ]
