@@ -19,8 +19,9 @@
 #include "ngx_http_ratelimit_policy_usage.h"
 
 
-static uint32_t ngx_http_ratelimit_policy_shm_hash(ngx_uint_t type,
-    u_char *key, size_t len);
+static uint32_t ngx_http_ratelimit_policy_shm_hash(
+    ngx_http_ratelimit_policy_shctx_t *ctx, ngx_uint_t type, u_char *key,
+    size_t len);
 static void ngx_http_ratelimit_policy_shm_random_key(u_char *key, size_t len,
     ngx_log_t *log);
 static ngx_uint_t ngx_http_ratelimit_policy_evict(
@@ -32,6 +33,9 @@ ngx_http_ratelimit_policy_shm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
     ngx_http_ratelimit_policy_shctx_t  *octx = data;
 
+    u_char                              rnd[
+                                    NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN
+                                    + sizeof(uint64_t)];
     size_t                              len;
     ngx_uint_t                          n;
     ngx_http_ratelimit_policy_shctx_t  *ctx;
@@ -98,9 +102,14 @@ ngx_http_ratelimit_policy_shm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ctx->sh->epoch = 1;
     ctx->sh->magic = NGX_HTTP_RATELIMIT_POLICY_ZONE_MAGIC;
 
-    ngx_http_ratelimit_policy_shm_random_key(ctx->sh->key,
-                                    NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN,
-                                    shm_zone->shm.log);
+    /* the key of the token verifiers, and the seed of the hash */
+
+    ngx_http_ratelimit_policy_shm_random_key(rnd, sizeof(rnd),
+                                             shm_zone->shm.log);
+
+    ngx_memcpy(ctx->sh->key, rnd, NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN);
+    ngx_memcpy(&ctx->sh->seed, rnd + NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN,
+               sizeof(uint64_t));
 
     len = sizeof(" in ratelimit_policy_zone \"\"") + shm_zone->shm.name.len;
 
@@ -119,10 +128,59 @@ ngx_http_ratelimit_policy_shm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 }
 
 
+/*
+ * The bucket of a key: a multiply-xorshift of its 8-byte words (in the
+ * host's byte order: the zone never leaves the host), seeded with the
+ * zone's random seed, so that which ids share a bucket cannot be worked
+ * out from outside (CRC32, used before, is linear and unkeyed, and costs
+ * a table lookup per byte).  The low bits taken by the mask depend on
+ * every bit of the key.
+ */
+
 static uint32_t
-ngx_http_ratelimit_policy_shm_hash(ngx_uint_t type, u_char *key, size_t len)
+ngx_http_ratelimit_policy_shm_hash(ngx_http_ratelimit_policy_shctx_t *ctx,
+    ngx_uint_t type, u_char *key, size_t len)
 {
-    return ngx_crc32_long(key, len) ^ (uint32_t) type;
+    uint32_t  w4;
+    uint64_t  h, w;
+    unsigned  shift;
+
+    h = ctx->sh->seed ^ ((uint64_t) len << 8 | type);
+
+    for ( /* void */ ; len >= 8; len -= 8, key += 8) {
+        ngx_memcpy(&w, key, 8);
+        h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
+        h ^= h >> 32;
+    }
+
+    if (len) {
+
+        /* copies of a constant size, no call: an instance id ends so */
+
+        w = 0;
+        shift = 0;
+
+        if (len >= 4) {
+            ngx_memcpy(&w4, key, 4);
+            w = w4;
+            shift = 32;
+            key += 4;
+            len -= 4;
+        }
+
+        while (len--) {
+            w |= (uint64_t) *key++ << shift;
+            shift += 8;
+        }
+
+        h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
+        h ^= h >> 32;
+    }
+
+    h *= 0xd6e8feb86659fd93ULL;
+    h ^= h >> 32;
+
+    return (uint32_t) h;
 }
 
 
@@ -141,7 +199,7 @@ ngx_http_ratelimit_policy_shm_prefetch(ngx_http_ratelimit_policy_shctx_t *ctx,
 {
     uint32_t  hash;
 
-    hash = ngx_http_ratelimit_policy_shm_hash(type, key, len);
+    hash = ngx_http_ratelimit_policy_shm_hash(ctx, type, key, len);
 
     ngx_http_ratelimit_policy_prefetch(
                                   &ctx->sh->buckets[hash & ctx->sh->mask]);
@@ -178,8 +236,8 @@ ngx_http_ratelimit_policy_shm_lookup(ngx_http_ratelimit_policy_shctx_t *ctx,
     ngx_uint_t type, u_char *key, size_t len)
 {
     return ngx_http_ratelimit_policy_shm_find(ctx,
-                             ngx_http_ratelimit_policy_shm_hash(type, key, len),
-                             type, key, len);
+                        ngx_http_ratelimit_policy_shm_hash(ctx, type, key, len),
+                        type, key, len);
 }
 
 
@@ -245,7 +303,7 @@ ngx_http_ratelimit_policy_shm_create(ngx_http_ratelimit_policy_shctx_t *ctx,
 
     ngx_memzero(n, size);
 
-    n->hash = ngx_http_ratelimit_policy_shm_hash(type, key, len);
+    n->hash = ngx_http_ratelimit_policy_shm_hash(ctx, type, key, len);
     n->type = (u_char) type;
     n->key_len = (u_char) len;
     n->used = (uint32_t) ngx_current_msec;
@@ -367,7 +425,7 @@ ngx_http_ratelimit_policy_shm_random_key(u_char *key, size_t len,
 
     ngx_log_error(NGX_LOG_WARN, log, ngx_errno,
                   "ratelimit_policy: could not read /dev/urandom, "
-                  "the token verifier key is weaker");
+                  "the zone's keys are weaker");
 
     for (i = 0; i < len; i++) {
         key[i] = (u_char) (ngx_random() ^ (ngx_pid << (i % 8)) ^ ngx_time());

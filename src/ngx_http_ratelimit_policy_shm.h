@@ -183,6 +183,9 @@ typedef struct {
     /* the key of the token verifiers, random for each zone */
     u_char                        key[NGX_HTTP_RATELIMIT_POLICY_VERIFIER_LEN];
 
+    /* the seed of the entries' hash, random for each zone, see shm.c */
+    uint64_t                      seed;
+
     /* the hash index of the entries: mask + 1 buckets, a power of two */
     ngx_http_ratelimit_policy_node_t  **buckets;
     ngx_uint_t                    mask;
