@@ -243,6 +243,18 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
         goto invalid;
     }
 
+    /*
+     * the zone's memory for the instance, fetched meanwhile: as early as
+     * possible, this is the first of the request's cache misses
+     */
+
+    rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
+    shctx = rpmcf->shm_zone->data;
+
+    ctx->lookup.hash = ngx_http_ratelimit_policy_shm_prefetch(shctx,
+                                       NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
+                                       instance.data, instance.len);
+
     for (i = 0; i < instance.len; i++) {
         c = instance.data[i];
 
@@ -267,15 +279,6 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
 
     ctx->instance.data = ctx->lookup.instance;
     ctx->instance.len = instance.len;
-
-    rpmcf = ngx_http_get_module_main_conf(r, ngx_http_ratelimit_policy_module);
-    shctx = rpmcf->shm_zone->data;
-
-    /* the zone's memory for the instance, fetched meanwhile */
-
-    ctx->lookup.hash = ngx_http_ratelimit_policy_shm_prefetch(shctx,
-                                       NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
-                                       ctx->lookup.instance, instance.len);
 
     /*
      * the SHA-256 digest waits until a miss or a new token needs it; a
