@@ -490,16 +490,8 @@ ngx_http_ratelimit_policy_entitlement(ngx_http_ratelimit_policy_lookup_t *lk)
     if (node != NULL && ngx_http_ratelimit_policy_fresh(ctx, node)) {
 
         if (node->counters) {
-            /*
-             * read by the decision, after the token and the catalogue:
-             * what every class reads and the first class but its last
-             * three slots, see ngx_http_ratelimit_policy_window.h
-             */
-            ngx_http_ratelimit_policy_prefetch(node->counters);
-            ngx_http_ratelimit_policy_prefetch(
-                                         (u_char *) node->counters + 64);
-            ngx_http_ratelimit_policy_prefetch(
-                                         (u_char *) node->counters + 128);
+            /* read by the decision, after the token and the catalogue */
+            ngx_http_ratelimit_policy_usage_prefetch(node->counters);
         }
 
         ngx_http_ratelimit_policy_copy_node(lk, node);

@@ -469,10 +469,7 @@ ngx_http_ratelimit_policy_enforce_cached(ngx_http_request_t *r,
 
     c = node->counters;
 
-    /* see ngx_http_ratelimit_policy_window.h */
-    ngx_http_ratelimit_policy_prefetch(c);
-    ngx_http_ratelimit_policy_prefetch((u_char *) c + 64);
-    ngx_http_ratelimit_policy_prefetch((u_char *) c + 128);
+    ngx_http_ratelimit_policy_usage_prefetch(c);
 
     p = ngx_http_ratelimit_policy_effective(cat, rpmcf,
                                         node->has_slug ? node->slug : NULL,
@@ -486,12 +483,10 @@ ngx_http_ratelimit_policy_enforce_cached(ngx_http_request_t *r,
     /* what $ratelimit_policy shows, as authorize() sets it */
 
     if (stored) {
-        lk->has_slug = 1;
-        lk->slug_len = node->slug_len;
         ngx_memcpy(lk->slug, node->slug, node->slug_len);
 
         ectx->base.policy.data = lk->slug;
-        ectx->base.policy.len = lk->slug_len;
+        ectx->base.policy.len = node->slug_len;
 
     } else {
         ectx->base.policy = rpmcf->default_slug;
@@ -584,7 +579,6 @@ ngx_http_ratelimit_policy_enforce_verdict(ngx_http_request_t *r,
 
     cls = ectx->cls;
 
-    ectx->state = NGX_HTTP_RATELIMIT_POLICY_ENFORCE_DONE;
     ectx->decision = 1;
     ectx->decided = ngx_current_msec;
     ectx->headers = rpcf->headers

@@ -287,21 +287,19 @@ ngx_http_ratelimit_policy_node_t *
 ngx_http_ratelimit_policy_shm_create(ngx_http_ratelimit_policy_shctx_t *ctx,
     ngx_uint_t type, u_char *key, size_t len)
 {
-    size_t                              size;
-    ngx_http_ratelimit_policy_node_t   *n, **bucket;
-
-    size = sizeof(ngx_http_ratelimit_policy_node_t);
+    ngx_http_ratelimit_policy_node_t  *n, **bucket;
 
     if (len > NGX_HTTP_RATELIMIT_POLICY_KEY_MAX) {
         return NULL;
     }
 
-    n = ngx_http_ratelimit_policy_shm_alloc(ctx, size);
+    n = ngx_http_ratelimit_policy_shm_alloc(ctx,
+                                     sizeof(ngx_http_ratelimit_policy_node_t));
     if (n == NULL) {
         return NULL;
     }
 
-    ngx_memzero(n, size);
+    ngx_memzero(n, sizeof(ngx_http_ratelimit_policy_node_t));
 
     n->hash = ngx_http_ratelimit_policy_shm_hash(ctx, type, key, len);
     n->type = (u_char) type;

@@ -86,6 +86,18 @@ ngx_int_t ngx_http_ratelimit_policy_usage_init_process(ngx_cycle_t *cycle,
     ngx_http_ratelimit_policy_main_conf_t *rpmcf);
 void ngx_http_ratelimit_policy_usage_exit_process(ngx_cycle_t *cycle);
 
+/*
+ * a hint, before the decision reads them: what every class reads and the
+ * first class but its last three slots, see
+ * ngx_http_ratelimit_policy_window.h
+ */
+#define ngx_http_ratelimit_policy_usage_prefetch(c)                          \
+    do {                                                                     \
+        ngx_http_ratelimit_policy_prefetch(c);                               \
+        ngx_http_ratelimit_policy_prefetch((u_char *) (c) + 64);             \
+        ngx_http_ratelimit_policy_prefetch((u_char *) (c) + 128);            \
+    } while (0)
+
 /* with the zone locked */
 ngx_http_ratelimit_policy_counters_t *ngx_http_ratelimit_policy_usage_counters(
     ngx_http_ratelimit_policy_shctx_t *ctx,
