@@ -1197,13 +1197,17 @@ ngx_http_ratelimit_policy_catalog_find(ngx_http_ratelimit_policy_catalog_t *cat,
  *   SENT    its query goes out on the backend echo_pid (recorded before it
  *           is sent, hence before the server can commit and notify);
  *   ECHOED  a notification from echo_pid came before its result was stored;
- *   STORED  its result is stored, the notification from echo_pid is
- *           expected for 2 s more.
+ *   STORED  its result is stored; notifications from echo_pid are taken
+ *           as echoes for 2 s more.
  *
- * A notification for the instance is taken as the echo, and does not
+ * A notification for the instance is taken as an echo, and does not
  * invalidate, only if it comes from the backend echo_pid while the record
  * is live and SENT or STORED.  Any other notification invalidates the entry
- * as before, and clears the record.  Why nothing done elsewhere is missed:
+ * as before, and clears the record.  An echo does not end a STORED record,
+ * and a store after ECHOED makes it STORED, not cleared: the echoes of
+ * several PATCHes made one after the other on the same backend may all
+ * come late (the listener's backend or this worker was slow), and one
+ * record stands for all of them.  Why nothing done elsewhere is missed:
  *
  * - A change made elsewhere (psql, the application, another node, another
  *   worker's connection) is notified by another backend: the PIDs of live
@@ -1216,12 +1220,13 @@ ngx_http_ratelimit_policy_catalog_find(ngx_http_ratelimit_policy_catalog_t *cat,
  *   (SENT) or 2 s (STORED), and the OS would have to hand that PID over
  *   within that time to a session that changes this very instance.
  * - A notification from echo_pid reports a transaction of that backend
- *   committed no later than the PATCH's own: a later one would be another
- *   PATCH, whose record replaces this one before it is sent.  STORED: the
- *   entry holds the PATCH's result, as new as the change notified or
- *   newer.  SENT: it does not hold it yet.  The record becomes ECHOED, the
- *   version is bumped (a lookup in flight may have read the row before the
- *   change), and the PATCH's handler stores its result or, if it failed,
+ *   committed no later than the PATCH's own (this PATCH's or an earlier
+ *   one's on the same backend): a later one would be another PATCH, whose
+ *   record replaces this one before it is sent.  STORED: the entry holds
+ *   the PATCH's result, as new as the change notified or newer.  SENT: it
+ *   does not hold it yet.  The record becomes ECHOED, the version is
+ *   bumped (a lookup in flight may have read the row before the change),
+ *   and the PATCH's handler stores its result or, if it failed,
  *   invalidates the entry.  Should that never happen (the worker died),
  *   fresh() stops trusting an ECHOED entry after 1 s.
  * - Notifications come in commit order.  A change committed elsewhere just
@@ -1328,10 +1333,12 @@ ngx_http_ratelimit_policy_cache_update(ngx_shm_zone_t *zone,
             /* another notification or PATCH came between: look again */
             node->expires = (uint32_t) ngx_current_msec;
 
-        } else if (node->echo == NGX_HTTP_RATELIMIT_POLICY_ECHO_ECHOED) {
-            node->echo = NGX_HTTP_RATELIMIT_POLICY_ECHO_NONE;
-
         } else {
+            /*
+             * even if ECHOED: that notification may have been the echo
+             * of an earlier PATCH on the same backend, this one's is
+             * still to come
+             */
             node->echo = NGX_HTTP_RATELIMIT_POLICY_ECHO_STORED;
             node->echo_until = (uint32_t) (ngx_current_msec
                                         + NGX_HTTP_RATELIMIT_POLICY_ECHO_WAIT);
@@ -1437,11 +1444,10 @@ ngx_http_ratelimit_policy_invalidate(ngx_shm_zone_t *zone, u_char *instance,
             && ngx_http_ratelimit_policy_echo_live(node))
         {
             if (node->echo == NGX_HTTP_RATELIMIT_POLICY_ECHO_STORED) {
+                /* the record stays: more echoes may follow (see above) */
                 ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
                                "ratelimit_policy: echo of the PATCH of "
                                "\"%*s\", entry kept", len, instance);
-
-                node->echo = NGX_HTTP_RATELIMIT_POLICY_ECHO_NONE;
                 goto done;
             }
 

@@ -23,6 +23,10 @@
 # right after it, is still seen within one second; also when the PATCH
 # changed nothing and so sends no notification at all (TEST 26, 27: a
 # notification merely counted against an expected echo would be lost).
+# TEST 21b, 21c hold the notifications back (the module's LISTEN backends
+# stopped with SIGSTOP) while three PATCHes commit: all three echoes come
+# after the last PATCH's result, and none may invalidate (21b), while a
+# psql change committed after them is still seen (21c).
 #
 # Node B: a second nginx with the module, started from this file
 # (t/servroot2, its own port, its own zone, master_process off, daemon off,
@@ -275,6 +279,46 @@ sub node_b_stop {
 }
 
 
+# --- holding notifications back ------------------------------------------
+
+# The module's idle LISTEN backends (this node's, and node B's when it
+# runs), stopped with SIGSTOP: the notifications of what commits meanwhile
+# wait in the server's queue, and come in commit order once they are
+# continued.  Every hold is released in the same block (and by END).
+our @Held;
+
+sub hold_notifications {
+    my @pids = grep { /^\d+$/ } split /\s+/, psql(<<'_SQL_');
+SELECT pid FROM pg_stat_activity
+ WHERE application_name = 'nginx ratelimit_policy'
+   AND query IN ('LISTEN ratelimit_policy', 'SELECT 1')
+   AND state = 'idle';
+_SQL_
+    die "no idle LISTEN backend to hold\n" unless @pids;
+    kill 'STOP', @pids;
+    push @Held, @pids;
+    return;
+}
+
+sub release_notifications {
+    kill 'CONT', @Held if @Held;
+    @Held = ();
+    return;
+}
+
+# @steps (code refs) with the notifications held back, released even when
+# a step dies
+sub while_held {
+    my @steps = @_;
+    hold_notifications();
+    my $ok = eval { $_->() for @steps; 1 };
+    my $err = $@;
+    release_notifications();
+    die $err unless $ok;
+    return;
+}
+
+
 # --- a psql session that stays connected ---------------------------------
 
 sub session_open {
@@ -328,6 +372,7 @@ sub restore {
 }
 
 END {
+    release_notifications();
     node_b_stop();
     # the catalogue, the view and the fixtures as a file finds them
     eval { RLPHelpers::pg_ensure_up(); restore(); 1 }
@@ -762,6 +807,66 @@ Time::HiRes::sleep(0.5);
 SELECT rlp_test.module_queries();
 --- db_check_out
 lookups=0 catalogues=0
+
+
+
+=== TEST 21b: three echoes held back until the last PATCH stored its result: all three are taken as echoes, no lookup
+--- config
+    location = /v2/session/rate-limit {
+        ratelimit_policy_api;
+    }
+
+    location /upstream/ {
+        return 200 "upstream\n";
+    }
+
+    location /send {
+        ratelimit_policy_enforce send_message;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/upstream/;
+    }
+--- init
+main::settle();
+install_counters();
+main::prime(\&main::get_a, $main::Free3, 'standard_policy');
+pg_stat_reset();
+# the first echo comes after the third PATCH's result was stored: one
+# record per entry that forgot the earlier PATCHes would invalidate
+main::while_held(
+    sub { main::patch_a("$main::Free3&policy_slug=strict", 'strict') },
+    sub { main::patch_a("$main::Free3&policy_slug=standard_policy",
+                        'standard_policy') },
+    sub { main::patch_a("$main::Free3&policy_slug=strict", 'strict') });
+Time::HiRes::sleep(0.5);
+--- request eval
+["GET $main::Free3",
+ "GET /send?instance_id=FREE00000003&access_token=free-token-1001"]
+--- error_code eval
+[200, 200]
+--- response_body eval
+[RLPDoc::doc(current => 'strict', plan => 0), "upstream\n"]
+--- db_check
+SELECT rlp_test.module_queries();
+--- db_check_out
+lookups=0 catalogues=0
+
+
+
+=== TEST 21c: echoes held back, then psql sets the policy back after the PATCHes: seen within one second
+--- init
+main::settle();
+main::prime(\&main::get_a, $main::Free3, 'standard_policy');
+main::while_held(
+    sub { main::patch_a("$main::Free3&policy_slug=strict", 'strict') },
+    sub { main::patch_a("$main::Free3&policy_slug=standard_policy",
+                        'standard_policy') },
+    sub { main::patch_a("$main::Free3&policy_slug=strict", 'strict') },
+    sub { psql("UPDATE ratelimit.instances SET policy_slug ="
+               . " 'standard_policy' WHERE instance_id = 'FREE00000003';") });
+Time::HiRes::sleep(0.9);
+--- request eval
+"GET $main::Free3"
+--- response_body eval
+RLPDoc::doc(current => 'standard_policy', plan => 0)
 
 
 
