@@ -73,6 +73,22 @@ our $Api = <<'_EOC_';
     }
 _EOC_
 
+# TEST 21, 21b: the API, and an enforced location proxied to this nginx
+our $ApiSend = <<'_EOC_';
+    location = /v2/session/rate-limit {
+        ratelimit_policy_api;
+    }
+
+    location /upstream/ {
+        return 200 "upstream\n";
+    }
+
+    location /send {
+        ratelimit_policy_enforce send_message;
+        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/upstream/;
+    }
+_EOC_
+
 our $Path = '/v2/session/rate-limit';
 our $Free3 = "$Path?instance_id=FREE00000003&access_token=free-token-1001";
 our $Paid1 = "$Path?instance_id=PAID00000001&access_token=paid-token-1002";
@@ -117,6 +133,14 @@ sub patch_on {
 
 sub patch_a { return patch_on($ENV{TEST_NGINX_SERVER_PORT}, @_) }
 sub patch_b { return patch_on($B{port}, @_) }
+
+# TEST 21-21c: FREE00000003 to strict, back, and to strict again
+sub patch_three {
+    patch_a("$Free3&policy_slug=strict", 'strict');
+    patch_a("$Free3&policy_slug=standard_policy", 'standard_policy');
+    patch_a("$Free3&policy_slug=strict", 'strict');
+    return;
+}
 
 sub current_is {
     my ($getter, $path, $current) = @_;
@@ -166,6 +190,16 @@ sub settle {
     wait_log(a_log(), $Listening, 5);
     wait_log("$B{root}/logs/error.log", $Listening, 5) if $B{pid};
     Time::HiRes::sleep(0.3);
+    return;
+}
+
+# settle(), FREE00000003 cached with its policy, the module's query counts
+# at zero (rlp_test.module_queries() for --- db_check)
+sub counted {
+    settle();
+    RLPHelpers::install_counters();
+    prime(\&get_a, $Free3, 'standard_policy');
+    RLP::pg_stat_reset();
     return;
 }
 
@@ -773,27 +807,10 @@ gave up waiting
 
 
 === TEST 21: the echo of this node's PATCH keeps the entry: no lookup for the next PATCH, GET or enforced request
---- config
-    location = /v2/session/rate-limit {
-        ratelimit_policy_api;
-    }
-
-    location /upstream/ {
-        return 200 "upstream\n";
-    }
-
-    location /send {
-        ratelimit_policy_enforce send_message;
-        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/upstream/;
-    }
+--- config eval: $main::ApiSend
 --- init
-main::settle();
-install_counters();
-main::prime(\&main::get_a, $main::Free3, 'standard_policy');
-pg_stat_reset();
-main::patch_a("$main::Free3&policy_slug=strict", 'strict');
-main::patch_a("$main::Free3&policy_slug=standard_policy", 'standard_policy');
-main::patch_a("$main::Free3&policy_slug=strict", 'strict');
+main::counted();
+main::patch_three();
 # the three notifications have come back meanwhile
 Time::HiRes::sleep(0.5);
 --- request eval
@@ -811,31 +828,12 @@ lookups=0 catalogues=0
 
 
 === TEST 21b: three echoes held back until the last PATCH stored its result: all three are taken as echoes, no lookup
---- config
-    location = /v2/session/rate-limit {
-        ratelimit_policy_api;
-    }
-
-    location /upstream/ {
-        return 200 "upstream\n";
-    }
-
-    location /send {
-        ratelimit_policy_enforce send_message;
-        proxy_pass http://127.0.0.1:$TEST_NGINX_SERVER_PORT/upstream/;
-    }
+--- config eval: $main::ApiSend
 --- init
-main::settle();
-install_counters();
-main::prime(\&main::get_a, $main::Free3, 'standard_policy');
-pg_stat_reset();
+main::counted();
 # the first echo comes after the third PATCH's result was stored: one
 # record per entry that forgot the earlier PATCHes would invalidate
-main::while_held(
-    sub { main::patch_a("$main::Free3&policy_slug=strict", 'strict') },
-    sub { main::patch_a("$main::Free3&policy_slug=standard_policy",
-                        'standard_policy') },
-    sub { main::patch_a("$main::Free3&policy_slug=strict", 'strict') });
+main::while_held(\&main::patch_three);
 Time::HiRes::sleep(0.5);
 --- request eval
 ["GET $main::Free3",
@@ -855,11 +853,7 @@ lookups=0 catalogues=0
 --- init
 main::settle();
 main::prime(\&main::get_a, $main::Free3, 'standard_policy');
-main::while_held(
-    sub { main::patch_a("$main::Free3&policy_slug=strict", 'strict') },
-    sub { main::patch_a("$main::Free3&policy_slug=standard_policy",
-                        'standard_policy') },
-    sub { main::patch_a("$main::Free3&policy_slug=strict", 'strict') },
+main::while_held(\&main::patch_three,
     sub { psql("UPDATE ratelimit.instances SET policy_slug ="
                . " 'standard_policy' WHERE instance_id = 'FREE00000003';") });
 Time::HiRes::sleep(0.9);
