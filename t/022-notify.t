@@ -322,13 +322,17 @@ sub node_b_stop {
 our @Held;
 
 sub hold_notifications {
-    my @pids = grep { /^\d+$/ } split /\s+/, psql(<<'_SQL_');
+    my @pids;
+    # not while one is answering its keepalive (every 2 s, for a moment)
+    RLPHelpers::wait_until(5, sub {
+        @pids = grep { /^\d+$/ } split /\s+/, psql(<<'_SQL_');
 SELECT pid FROM pg_stat_activity
  WHERE application_name = 'nginx ratelimit_policy'
    AND query IN ('LISTEN ratelimit_policy', 'SELECT 1')
    AND state = 'idle';
 _SQL_
-    die "no idle LISTEN backend to hold\n" unless @pids;
+        return scalar @pids;
+    }) or die "no idle LISTEN backend to hold\n";
     kill 'STOP', @pids;
     push @Held, @pids;
     return;
