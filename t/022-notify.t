@@ -318,7 +318,8 @@ sub node_b_stop {
 # The module's idle LISTEN backends (this node's, and node B's when it
 # runs), stopped with SIGSTOP: the notifications of what commits meanwhile
 # wait in the server's queue, and come in commit order once they are
-# continued.  Every hold is released in the same block (and by END).
+# continued.  Every hold is released in the same block (and, should the
+# file die, by RLP's END, which continues whatever pg_kill() stopped).
 our @Held;
 
 sub hold_notifications {
@@ -333,13 +334,13 @@ SELECT pid FROM pg_stat_activity
 _SQL_
         return scalar @pids;
     }) or die "no idle LISTEN backend to hold\n";
-    kill 'STOP', @pids;
+    pg_kill('STOP', \@pids);
     push @Held, @pids;
     return;
 }
 
 sub release_notifications {
-    kill 'CONT', @Held if @Held;
+    pg_kill('CONT', \@Held) if @Held;
     @Held = ();
     return;
 }
@@ -410,7 +411,6 @@ sub restore {
 }
 
 END {
-    release_notifications();
     node_b_stop();
     # the catalogue, the view and the fixtures as a file finds them
     eval { RLPHelpers::pg_ensure_up(); restore(); 1 }

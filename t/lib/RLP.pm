@@ -114,6 +114,8 @@ command is bounded in time.
     pg_restart([$mode])   pg_ctl restart -m fast (or $mode)
     pg_kill($sig [, 'all'])  signal the postmaster (or it and all its
                           children: STOP 'all' freezes the server)
+    pg_kill($sig, \@pids) signal these backends only (found in
+                          pg_stat_activity)
     pg_query_count($like) calls recorded by pg_stat_statements for the
                           statements of this database whose text is LIKE it
     pg_stat_reset()       pg_stat_statements_reset()
@@ -400,15 +402,23 @@ sub pg_kill {
     my ($sig, $scope) = @_;
     $sig =~ s/^SIG//;
 
-    my $pm = _postmaster_pid();
+    my @done;
     $Touched = 1;
-    kill($sig, $pm) or die "kill -$sig $pm: $!\n";
-    my @done = ($pm);
 
-    # The postmaster is signalled first: once stopped it forks no more, so
-    # the scan below finds every child.  A child may exit meanwhile.
-    if (defined $scope && $scope eq 'all') {
-        push @done, grep { kill $sig, $_ } _children_of($pm);
+    if (ref $scope eq 'ARRAY') {
+        # these backends only; one may have exited meanwhile
+        @done = grep { kill $sig, $_ } @$scope;
+
+    } else {
+        my $pm = _postmaster_pid();
+        kill($sig, $pm) or die "kill -$sig $pm: $!\n";
+        @done = ($pm);
+
+        # The postmaster is signalled first: once stopped it forks no more,
+        # so the scan below finds every child.  A child may exit meanwhile.
+        if (defined $scope && $scope eq 'all') {
+            push @done, grep { kill $sig, $_ } _children_of($pm);
+        }
     }
 
     for my $pid (@done) {
