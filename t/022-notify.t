@@ -193,10 +193,28 @@ sub settle {
     return;
 }
 
-# settle(), FREE00000003 cached with its policy, the module's query counts
-# at zero (rlp_test.module_queries() for --- db_check)
+# Every notification committed so far has reached this node: a barrier.
+# Notifications come in commit order, so once one sent now for PAID00000001
+# (cached first) has voided its entry, the fixture reset's have come too.
+# settle()'s pause is enough for a change to be seen; a block that counts
+# lookups needs this, or a late one voids the entry it counts on.
+sub drained {
+    prime(\&get_a, $Paid1, 'business');
+    my $n = RLPHelpers::lookups();
+    psql("NOTIFY ratelimit_policy, 'PAID00000001';");
+    RLPHelpers::wait_until(5, sub {
+        prime(\&get_a, $Paid1, 'business');
+        return RLPHelpers::lookups() > $n;
+    }) or die "the barrier notification did not come within 5 s\n";
+    return;
+}
+
+# settle(), the notifications drained, FREE00000003 cached with its policy,
+# the module's query counts at zero (rlp_test.module_queries() for
+# --- db_check)
 sub counted {
     settle();
+    drained();
     RLPHelpers::install_counters();
     prime(\&get_a, $Free3, 'standard_policy');
     RLP::pg_stat_reset();
