@@ -925,4 +925,5 @@ ngx_http_ratelimit_policy_exit_process(ngx_cycle_t *cycle)
 
     ngx_http_ratelimit_policy_usage_exit_process(cycle);
     ngx_http_ratelimit_policy_metrics_exit_process(cycle);
+    ngx_http_ratelimit_policy_enforce_exit_process(cycle);
 }

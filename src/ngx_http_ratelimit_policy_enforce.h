@@ -21,6 +21,7 @@
 
 /* postconfiguration: the access phase handler and the header filter */
 ngx_int_t ngx_http_ratelimit_policy_enforce_init(ngx_conf_t *cf);
+void ngx_http_ratelimit_policy_enforce_exit_process(ngx_cycle_t *cycle);
 
 ngx_int_t ngx_http_ratelimit_policy_enforce_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);

@@ -20,7 +20,7 @@ use RLPHelpers;
 repeat_each(1);
 
 # the runner's checks + the Test::More checks made in --- init
-plan tests => 191;
+plan tests => 207;
 
 no_shuffle();
 
@@ -548,6 +548,28 @@ main::send_n('TEST 20', 8, main::q_('/send', 'OTHR00000001'), 200);
 Retry-After: 60
 X-RateLimit-Remaining: 0
 --- response_body
+
+
+
+=== TEST 20b: one keepalive connection: each request starts with a clean context
+The module reuses the contexts of finished requests: a rejection's
+decision, headers and status must not show on the next request of the
+connection, nor an unlimited request's absence of them on the one after.
+--- init
+reset_fixtures();
+--- config
+--- pipelined_requests eval
+["GET " . main::q_('/send', 'ZERO00000001'),
+ "GET " . main::q_('/send', 'UNLI00000001'),
+ "GET " . main::q_('/send', 'FREE00000002')]
+--- error_code eval
+[429, 200, 200]
+--- response_headers eval
+["X-RateLimit-Limit: 0\nX-RLP-Status: REJECTED",
+ "!X-RateLimit-Limit\n!RateLimit-Policy\n!X-RLP-Remaining\nX-RLP-Status: PASSED",
+ "X-RateLimit-Limit: 8\nX-RateLimit-Remaining: 7\nX-RLP-Status: PASSED\nX-RLP-Remaining: 7"]
+--- response_body_like eval
+[qr/"limit":"concurrent_limit"/, qr/^upstream$/, qr/^upstream$/]
 
 
 
