@@ -63,27 +63,6 @@ static ngx_int_t ngx_http_ratelimit_policy_valid_slug(ngx_str_t *slug);
 #define NGX_HTTP_RATELIMIT_POLICY_UNPROCESSABLE  422
 
 
-/* the characters of an instance id: letters and digits */
-
-static uint32_t  ngx_http_ratelimit_policy_alnum[] = {
-    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-
-                /* ?>=< ;:98 7654 3210  /.-, +*)( '&%$ #"!  */
-    0x03ff0000, /* 0000 0011 1111 1111  0000 0000 0000 0000 */
-
-                /* _^]\ [ZYX WVUT SRQP  ONML KJIH GFED CBA@ */
-    0x07fffffe, /* 0000 0111 1111 1111  1111 1111 1111 1110 */
-
-                /*  ~}| {zyx wvut srqp  onml kjih gfed cba` */
-    0x07fffffe, /* 0000 0111 1111 1111  1111 1111 1111 1110 */
-
-    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-    0x00000000, /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-    0x00000000  /* 0000 0000 0000 0000  0000 0000 0000 0000 */
-};
-
-
 ngx_int_t
 ngx_http_ratelimit_policy_api_handler(ngx_http_request_t *r)
 {
@@ -201,10 +180,8 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
     ngx_http_ratelimit_policy_ctx_t *ctx, ngx_uint_t *status,
     const char **code, const char **message)
 {
-    u_char                                  c;
     ngx_str_t                               instance, token, arg_instance,
                                             arg_token;
-    ngx_uint_t                              i;
     ngx_http_ratelimit_policy_shctx_t      *shctx;
     ngx_http_ratelimit_policy_loc_conf_t   *rpcf;
     ngx_http_ratelimit_policy_main_conf_t  *rpmcf;
@@ -255,12 +232,8 @@ ngx_http_ratelimit_policy_credentials(ngx_http_request_t *r,
                                        NGX_HTTP_RATELIMIT_POLICY_NODE_INSTANCE,
                                        instance.data, instance.len);
 
-    for (i = 0; i < instance.len; i++) {
-        c = instance.data[i];
-
-        if (!(ngx_http_ratelimit_policy_alnum[c >> 5] & (1U << (c & 0x1f)))) {
-            goto invalid;
-        }
+    if (!ngx_http_ratelimit_policy_alnum12(instance.data)) {
+        goto invalid;
     }
 
     if (ngx_http_ratelimit_policy_get_token(r, rpcf, &arg_token, &token)

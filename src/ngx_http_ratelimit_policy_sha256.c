@@ -265,7 +265,6 @@ ngx_http_ratelimit_policy_siphash128(u_char out[16], const u_char key[16],
     const u_char *data, size_t len)
 {
     size_t    left;
-    u_char    tail[8];
     uint64_t  k0, k1, v0, v1, v2, v3, m, b;
 
     k0 = ngx_http_ratelimit_policy_le64(key);
@@ -286,10 +285,29 @@ ngx_http_ratelimit_policy_siphash128(u_char out[16], const u_char key[16],
         v0 ^= m;
     }
 
-    if (left) {
-        ngx_memzero(tail, sizeof(tail));
-        ngx_memcpy(tail, data, left);
-        b |= ngx_http_ratelimit_policy_le64(tail);
+    /* the last partial word, without a copy to the stack */
+
+    switch (left) {
+    case 7:
+        b |= (uint64_t) data[6] << 48;
+        /* fall through */
+    case 6:
+        b |= (uint64_t) data[5] << 40;
+        /* fall through */
+    case 5:
+        b |= (uint64_t) data[4] << 32;
+        /* fall through */
+    case 4:
+        b |= (uint64_t) data[3] << 24;
+        /* fall through */
+    case 3:
+        b |= (uint64_t) data[2] << 16;
+        /* fall through */
+    case 2:
+        b |= (uint64_t) data[1] << 8;
+        /* fall through */
+    case 1:
+        b |= (uint64_t) data[0];
     }
 
     v3 ^= b;

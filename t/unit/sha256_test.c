@@ -6,7 +6,8 @@
  * the tokens (FIPS 180-4 examples) and the SipHash-2-4-128 verifiers (the
  * reference implementation's vectors: key 00..0f, message 00..n-1), which
  * no test through nginx could tell from another keyed hash.  Every length
- * of 0 to 16 bytes covers each length of the last partial word.
+ * of 0 to 16 bytes covers each length of the last partial word.  And the
+ * test of an instance id's characters, eight bytes at a time.
  *
  * The last line of the output is "N passed, M failed"; the exit code is
  * non-zero when anything failed.
@@ -19,6 +20,9 @@
 
 
 static unsigned  passed, failed;
+
+
+static void check_alnum12(void);
 
 
 static void
@@ -161,7 +165,106 @@ main(void)
         printf("FAIL digest_equal: equal digests differ\n");
     }
 
+    check_alnum12();
+
     printf("%u passed, %u failed\n", passed, failed);
 
     return failed ? 1 : 0;
+}
+
+
+/*
+ * ngx_http_ratelimit_policy_alnum12() against a plain test of each byte:
+ * every byte value at every position, the other eleven bytes taken in turn
+ * from the edges of the ranges, then every pair of values of neighbours
+ * (positions 0-1, 3-4, 7-8, 10-11).  One check per position, one for the
+ * pairs.
+ */
+
+static int
+alnum(u_char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z')
+           || (c >= 'a' && c <= 'z');
+}
+
+
+static void
+check_alnum12(void)
+{
+    int           want, bad;
+    char          what[64];
+    u_char        id[13];
+    size_t        pos, k, v, j;
+    static const  u_char  edges[] = "09AZaz5Mm";
+    static const  u_char  firsts[] = { 0, 3, 7, 10 };
+
+    for (pos = 0; pos < 12; pos++) {
+        bad = 0;
+
+        for (k = 0; k < sizeof(edges) - 1; k++) {
+            for (v = 0; v < 256; v++) {
+                for (j = 0; j < 12; j++) {
+                    id[j] = edges[(k + j) % (sizeof(edges) - 1)];
+                }
+
+                id[pos] = (u_char) v;
+                id[12] = 0xff;    /* a byte after the id is not read */
+
+                want = alnum((u_char) v);
+
+                if ((ngx_http_ratelimit_policy_alnum12(id) != 0) != want) {
+                    bad++;
+
+                    if (bad < 4) {
+                        printf("FAIL alnum12: byte 0x%02zx at %zu: %s\n",
+                               v, pos, want ? "refused" : "accepted");
+                    }
+                }
+            }
+        }
+
+        snprintf(what, sizeof(what), "alnum12, byte %zu", pos);
+
+        if (bad) {
+            failed++;
+            printf("FAIL %s: %d wrong\n", what, bad);
+
+        } else {
+            passed++;
+        }
+    }
+
+    /*
+     * every pair of values of two neighbours, the carry of the first into
+     * the second: at the start, the end and across the two words
+     */
+
+    bad = 0;
+
+    for (j = 0; j < sizeof(firsts); j++) {
+        pos = firsts[j];
+
+        for (v = 0; v < 256; v++) {
+            for (k = 0; k < 256; k++) {
+                memcpy(id, "a1B2c3D4e5F6", 12);
+                id[pos] = (u_char) v;
+                id[pos + 1] = (u_char) k;
+
+                want = alnum((u_char) v) && alnum((u_char) k);
+
+                if ((ngx_http_ratelimit_policy_alnum12(id) != 0) != want) {
+                    bad++;
+                }
+            }
+        }
+    }
+
+    if (bad) {
+        failed++;
+        printf("FAIL alnum12, neighbours: %d wrong\n", bad);
+
+    } else {
+        passed++;
+    }
 }
