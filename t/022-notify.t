@@ -211,12 +211,22 @@ sub drained {
 
 # settle(), the notifications drained, FREE00000003 cached with its policy,
 # the module's query counts at zero (rlp_test.module_queries() for
-# --- db_check)
+# --- db_check).  The entry is then read again 0.2 s later, until that
+# costs no lookup.  A CI run once counted one lookup more in TEST 21, whose
+# cause is not known (20 runs of this file did not repeat it); should
+# something void the entry after the barrier, it is over before the counts
+# start.
 sub counted {
     settle();
     drained();
     RLPHelpers::install_counters();
     prime(\&get_a, $Free3, 'standard_policy');
+    RLPHelpers::wait_until(5, sub {
+        my $n = RLPHelpers::lookups();
+        Time::HiRes::sleep(0.2);
+        prime(\&get_a, $Free3, 'standard_policy');
+        return RLPHelpers::lookups() == $n;
+    }) or die "FREE00000003 does not stay cached\n";
     RLP::pg_stat_reset();
     return;
 }
