@@ -162,9 +162,11 @@ for my $row (@rows) {
 printf "\nunits: throughput A and B in req/s (pgbench: tps), zone in bytes "
        . "and entries, canary in microseconds; %s rounds of %ss, %s\n",
        $meta{rounds} // '?', $meta{duration_s} // '?', $out;
-printf "machine: %s x %s, %s; load average %s at the start, %s at the end\n",
+printf "machine: %s x %s, %s, shmem huge pages %s; load average %s at the "
+       . "start, %s at the end\n",
        $meta{nproc} // '?', $meta{cpu} // '?', $meta{memory} // '?',
-       $meta{loadavg_start} // '?', $meta{loadavg_end} // '?';
+       $meta{shmem_thp} // '?', $meta{loadavg_start} // '?',
+       $meta{loadavg_end} // '?';
 
 my $c = $res->{enforce_vs_plain} && $res->{enforce_vs_plain}{notes}
         && $res->{enforce_vs_plain}{notes}{control_limit_req_vs_plain};

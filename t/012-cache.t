@@ -29,8 +29,8 @@ workers(2);
 repeat_each(1);
 
 # runner tests: status + body per request, one per response_headers line,
-# one per db_check; plus the Test::More checks made in --- init (34)
-plan tests => 116;
+# one per db_check; plus the Test::More checks made in --- init (36)
+plan tests => 120;
 
 reset_fixtures();
 install_counters();
@@ -427,6 +427,40 @@ SKIP: {
     Test::More::skip(sprintf('A was read again %.2f s after its lookup', $t), 1)
         if $t >= 0.9;
     Test::More::is(lookups(), $l + 1, 'TEST 14: A was evicted first, looked up again');
+}
+--- request
+GET /v2/session/rate-limit?instance_id=FREE00000002&access_token=free-token-1001
+--- error_code: 200
+--- response_body_like: ^\{"status":"success","current_policy":"strict",
+
+
+
+=== TEST 15: the zone asks for huge pages
+The zone's mapping (2 MB here, the only one of that size) is advised
+MADV_HUGEPAGE ("hg" in VmFlags), made before the master forks the
+workers, which share it: where shmem_enabled is "advise", it is then
+backed by huge pages, and the three places an enforced request reads
+cost fewer TLB misses.
+--- http_config
+    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO";
+    ratelimit_policy_zone zone=huge15:2m;
+--- config
+    location = /v2/session/rate-limit { ratelimit_policy_api; }
+--- init
+my $pid = master_pid();
+SKIP: {
+    Test::More::skip('no transparent huge pages in this kernel', 2)
+        unless -d '/sys/kernel/mm/transparent_hugepage';
+    open my $in, '<', "/proc/$pid/smaps" or die "/proc/$pid/smaps: $!";
+    my ($size, @flags);
+    while (<$in>) {
+        $size = $1 if /^Size:\s+(\d+) kB/;
+        push @flags, $1 if /^VmFlags:\s*(.*)$/ && $size == 2048;
+    }
+    close $in;
+    Test::More::is(scalar(@flags), 1, 'TEST 15: one mapping of 2 MB');
+    Test::More::like($flags[0] // '', qr/\bhg\b/,
+                     'TEST 15: advised MADV_HUGEPAGE');
 }
 --- request
 GET /v2/session/rate-limit?instance_id=FREE00000002&access_token=free-token-1001
