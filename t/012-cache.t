@@ -436,7 +436,8 @@ GET /v2/session/rate-limit?instance_id=FREE00000002&access_token=free-token-1001
 
 
 === TEST 15: the zone asks for huge pages
-The zone's mapping (2 MB here, the only one of that size) is advised
+The zone's mapping (2 MB here, the only shared mapping of that size:
+under AddressSanitizer, nginx has private ones of 2 MB too) is advised
 MADV_HUGEPAGE ("hg" in VmFlags), made before the master forks the
 workers, which share it: where shmem_enabled is "advise", it is then
 backed by huge pages, and the three places an enforced request reads
@@ -455,10 +456,10 @@ SKIP: {
     my ($size, @flags);
     while (<$in>) {
         $size = $1 if /^Size:\s+(\d+) kB/;
-        push @flags, $1 if /^VmFlags:\s*(.*)$/ && $size == 2048;
+        push @flags, $1 if /^VmFlags:\s*(.*\bsh\b.*)$/ && $size == 2048;
     }
     close $in;
-    Test::More::is(scalar(@flags), 1, 'TEST 15: one mapping of 2 MB');
+    Test::More::is(scalar(@flags), 1, 'TEST 15: one shared mapping of 2 MB');
     Test::More::like($flags[0] // '', qr/\bhg\b/,
                      'TEST 15: advised MADV_HUGEPAGE');
 }
