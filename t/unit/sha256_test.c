@@ -193,7 +193,6 @@ static void
 check_alnum12(void)
 {
     int           want, bad;
-    char          what[64];
     u_char        id[13];
     size_t        pos, k, v, j;
     static const  u_char  edges[] = "09AZaz5Mm";
@@ -224,11 +223,9 @@ check_alnum12(void)
             }
         }
 
-        snprintf(what, sizeof(what), "alnum12, byte %zu", pos);
-
         if (bad) {
             failed++;
-            printf("FAIL %s: %d wrong\n", what, bad);
+            printf("FAIL alnum12, byte %zu: %d wrong\n", pos, bad);
 
         } else {
             passed++;
