@@ -78,10 +78,11 @@ ngx_http_ratelimit_policy_shm_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     /*
      * Huge pages for the zone, where the system gives them to shared
      * memory that asks (shmem_enabled "advise" in
-     * /sys/kernel/mm/transparent_hugepage): an enforced request reads
-     * three places of the zone far apart, and with 4 KB pages each is a
-     * TLB miss once the instances in use outnumber what the TLB maps.
-     * Before the buckets are zeroed, so that they are faulted in huge.
+     * /sys/kernel/mm/transparent_hugepage): with 4 KB pages, the memory
+     * of the instances in use outgrows what the TLB maps (measured: the
+     * cost of 10,000 instances over a few follows their number, not how
+     * many of the zone's pages a request reads; see README).  Before the
+     * buckets are zeroed, so that they are faulted in huge.
      */
 
     if (madvise(shm_zone->shm.addr, shm_zone->shm.size, MADV_HUGEPAGE) != 0)

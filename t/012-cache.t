@@ -440,8 +440,7 @@ The zone's mapping (2 MB here, the only shared mapping of that size:
 under AddressSanitizer, nginx has private ones of 2 MB too) is advised
 MADV_HUGEPAGE ("hg" in VmFlags), made before the master forks the
 workers, which share it: where shmem_enabled is "advise", it is then
-backed by huge pages, and the three places an enforced request reads
-cost fewer TLB misses.
+backed by huge pages, and the instances in use take fewer TLB entries.
 --- http_config
     ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO";
     ratelimit_policy_zone zone=huge15:2m;
