@@ -13,6 +13,17 @@
  * A query that waits for a connection sits in a bounded queue; every query
  * has its own timer covering the wait and the execution.  A timed out
  * query's connection is closed, never reused.
+ *
+ * In libpq's pipeline mode ("pipeline=" above 1) lookups follow one
+ * another on a connection without waiting for the answers, and the
+ * lookups sent in one turn of the event loop share one Sync, sent at the
+ * end of the turn (a posted event): one write and one read for all of
+ * them, one write and one implicit transaction for the server.  A lookup
+ * is answered as soon as its own results are in.  When a lookup of such
+ * a group fails, the server skips the rest of the group
+ * (PGRES_PIPELINE_ABORTED): those lookups wait again, first in line,
+ * within their own time.  Other statements run alone, each with its own
+ * Sync, and are answered at it, when their transaction has ended.
  */
 
 
@@ -52,15 +63,26 @@ typedef struct {
 
     PGresult                               *result;
     ngx_event_t                             connect_timer;
+
+    /* lookups sent since the last Sync, which the posted event sends */
+    ngx_uint_t                              unsynced;
+    ngx_event_t                             sync;
+
+    /* Syncs sent whose PGRES_PIPELINE_SYNC is yet to be read */
+    ngx_uint_t                              syncs;
+
     unsigned                                listener:1;
 
-    /* in libpq's pipeline mode: every query is followed by a Sync */
+    /* in libpq's pipeline mode, see the top of this file */
     unsigned                                pipeline:1;
 
     /* a query other than a lookup is in flight: nothing follows it */
     unsigned                                exclusive:1;
 
-    /* the results of the first query in flight are in, its Sync is next */
+    /*
+     * the results of the first query in flight, not a lookup, are in:
+     * its Sync is next
+     */
     unsigned                                results:1;
 
     /* a query could not be sent: closed at the next event */
@@ -110,6 +132,11 @@ static ngx_int_t ngx_http_ratelimit_policy_pg_watch(
     ngx_http_ratelimit_policy_pg_conn_t *pc, ngx_uint_t rd, ngx_uint_t wr);
 static void ngx_http_ratelimit_policy_pg_event_handler(ngx_event_t *ev);
 static void ngx_http_ratelimit_policy_pg_read(
+    ngx_http_ratelimit_policy_pg_conn_t *pc);
+static void ngx_http_ratelimit_policy_pg_sync(ngx_event_t *ev);
+static void ngx_http_ratelimit_policy_pg_again(
+    ngx_http_ratelimit_policy_pg_conn_t *pc, ngx_queue_t **after);
+static void ngx_http_ratelimit_policy_pg_settle(
     ngx_http_ratelimit_policy_pg_conn_t *pc);
 static void ngx_http_ratelimit_policy_pg_read_pipeline(
     ngx_http_ratelimit_policy_pg_conn_t *pc);
@@ -1065,19 +1092,25 @@ ngx_http_ratelimit_policy_pg_read(ngx_http_ratelimit_policy_pg_conn_t *pc)
 
 
 /*
- * In pipeline mode each query in flight yields its results, a NULL, then
- * the PGRES_PIPELINE_SYNC of its Sync; the query is answered at the Sync,
- * when its implicit transaction has ended, as PQgetResult()'s final NULL
- * says outside pipeline mode.
+ * In pipeline mode each query in flight yields its results, then a NULL;
+ * a Sync yields a PGRES_PIPELINE_SYNC after the last query it follows.  A
+ * lookup is answered at its NULL, or waits again if its group was
+ * aborted; any other query, alone on the connection, at its Sync.
  */
 
 static void
 ngx_http_ratelimit_policy_pg_read_pipeline(
     ngx_http_ratelimit_policy_pg_conn_t *pc)
 {
-    PGresult  *res;
+    PGresult                              *res;
+    ngx_queue_t                           *after;
+    ngx_http_ratelimit_policy_pg_t        *pg;
+    ngx_http_ratelimit_policy_pg_query_t  *q;
 
-    while (pc->ninflight
+    pg = pc->pg;
+    after = NULL;
+
+    while ((pc->ninflight || pc->syncs)
            && pc->state == NGX_HTTP_RATELIMIT_POLICY_PG_BUSY
            && !pc->broken)
     {
@@ -1088,12 +1121,47 @@ ngx_http_ratelimit_policy_pg_read_pipeline(
 
         res = PQgetResult(pc->conn);
 
-        if (!pc->results) {
+        if (res != NULL && PQresultStatus(res) == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
 
-            if (res == NULL) {
-                pc->results = 1;
+            if (pc->syncs == 0) {
+                ngx_http_ratelimit_policy_pg_broken(pc,
+                                                    "pipeline out of step");
+                return;
+            }
 
-            } else if (pc->result == NULL) {
+            pc->syncs--;
+
+            if (pc->results) {
+                pc->results = 0;
+
+                res = pc->result;
+                pc->result = NULL;
+
+                ngx_http_ratelimit_policy_pg_done(pc, res);
+                continue;
+            }
+
+            /* the lookups of an aborted group can go out again */
+
+            ngx_http_ratelimit_policy_pg_settle(pc);
+            ngx_http_ratelimit_policy_pg_dispatch(pg);
+            continue;
+        }
+
+        if (pc->results || pc->ninflight == 0) {
+            /* only a Sync may come now */
+
+            if (res) {
+                PQclear(res);
+            }
+
+            ngx_http_ratelimit_policy_pg_broken(pc, "pipeline out of step");
+            return;
+        }
+
+        if (res != NULL) {
+            if (pc->result == NULL) {
                 pc->result = res;
 
             } else {
@@ -1103,23 +1171,119 @@ ngx_http_ratelimit_policy_pg_read_pipeline(
             continue;
         }
 
-        if (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
-            if (res) {
-                PQclear(res);
-            }
+        /* the first query in flight has all its results */
 
-            ngx_http_ratelimit_policy_pg_broken(pc, "pipeline out of step");
-            return;
+        q = ngx_queue_data(ngx_queue_head(&pc->inflight),
+                           ngx_http_ratelimit_policy_pg_query_t, queue);
+
+        if (q->stmt != NGX_HTTP_RATELIMIT_POLICY_STMT_LOOKUP) {
+            pc->results = 1;
+            continue;
         }
-
-        PQclear(res);
-
-        pc->results = 0;
 
         res = pc->result;
         pc->result = NULL;
 
+        if (res && PQresultStatus(res) == PGRES_PIPELINE_ABORTED) {
+            PQclear(res);
+            ngx_http_ratelimit_policy_pg_again(pc, &after);
+            continue;
+        }
+
         ngx_http_ratelimit_policy_pg_done(pc, res);
+    }
+}
+
+
+/*
+ * The first lookup in flight, skipped by the server after an earlier
+ * query of its group failed, waits again at the head of the queue (after
+ * the others of the group, in order), within its own time.
+ */
+
+static void
+ngx_http_ratelimit_policy_pg_again(ngx_http_ratelimit_policy_pg_conn_t *pc,
+    ngx_queue_t **after)
+{
+    ngx_queue_t                           *qq;
+    ngx_http_ratelimit_policy_pg_t        *pg;
+    ngx_http_ratelimit_policy_pg_query_t  *q;
+
+    pg = pc->pg;
+
+    qq = ngx_queue_head(&pc->inflight);
+    ngx_queue_remove(qq);
+    pc->ninflight--;
+
+    q = ngx_queue_data(qq, ngx_http_ratelimit_policy_pg_query_t, queue);
+    q->conn = NULL;
+    q->queued = 1;
+
+    if (*after == NULL) {
+        ngx_queue_insert_head(&pg->waiting, qq);
+
+    } else {
+        ngx_queue_insert_after(*after, qq);
+    }
+
+    *after = qq;
+
+    pg->nwaiting++;
+    ngx_http_ratelimit_policy_metrics_waiting(pg->nwaiting);
+
+    ngx_log_error(NGX_LOG_INFO, q->log, 0,
+                  "ratelimit_policy: lookup skipped after an earlier query "
+                  "of its pipeline failed, sent again");
+}
+
+
+/* nothing in flight any more: pooled, if outside of a transaction */
+
+static void
+ngx_http_ratelimit_policy_pg_settle(ngx_http_ratelimit_policy_pg_conn_t *pc)
+{
+    if (pc->ninflight || pc->syncs || pc->unsynced) {
+        return;
+    }
+
+    if (PQtransactionStatus(pc->conn) == PQTRANS_IDLE) {
+        pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_IDLE;
+
+    } else {
+        ngx_http_ratelimit_policy_pg_close(pc);
+    }
+}
+
+
+/* the Sync after the lookups a connection was sent in this turn */
+
+static void
+ngx_http_ratelimit_policy_pg_sync(ngx_event_t *ev)
+{
+    int                                   rc;
+    ngx_http_ratelimit_policy_pg_conn_t  *pc;
+
+    pc = ev->data;
+
+    if (pc->unsynced == 0 || pc->conn == NULL || pc->broken) {
+        return;
+    }
+
+    pc->unsynced = 0;
+
+    if (!PQpipelineSync(pc->conn)) {
+        ngx_http_ratelimit_policy_pg_broken(pc, "sending a Sync");
+        return;
+    }
+
+    pc->syncs++;
+
+    rc = PQflush(pc->conn);
+
+    if (rc == -1
+        || ngx_http_ratelimit_policy_pg_watch(pc, 1, rc == 1) != NGX_OK)
+    {
+        ngx_http_ratelimit_policy_pg_broken(pc, "sending");
     }
 }
 
@@ -1149,18 +1313,38 @@ ngx_http_ratelimit_policy_pg_run(ngx_http_ratelimit_policy_pg_conn_t *pc,
         goto failed;
     }
 
-    /* in pipeline mode: a Sync of its own, so that its failure is its own */
+    if (pc->pipeline && q->stmt == NGX_HTTP_RATELIMIT_POLICY_STMT_LOOKUP) {
 
-    if (pc->pipeline && !PQpipelineSync(pc->conn)) {
-        goto failed;
-    }
+        /* the Sync follows this turn's lookups, see pg_sync() */
 
-    rc = PQflush(pc->conn);
+        pc->unsynced++;
 
-    if (rc == -1
-        || ngx_http_ratelimit_policy_pg_watch(pc, 1, rc == 1) != NGX_OK)
-    {
-        goto failed;
+        if (!pc->sync.posted) {
+            pc->sync.handler = ngx_http_ratelimit_policy_pg_sync;
+            pc->sync.data = pc;
+            pc->sync.log = pc->pg->log;
+            ngx_post_event(&pc->sync, &ngx_posted_events);
+        }
+
+    } else {
+
+        /* a Sync of its own: answered when its transaction has ended */
+
+        if (pc->pipeline) {
+            if (!PQpipelineSync(pc->conn)) {
+                goto failed;
+            }
+
+            pc->syncs++;
+        }
+
+        rc = PQflush(pc->conn);
+
+        if (rc == -1
+            || ngx_http_ratelimit_policy_pg_watch(pc, 1, rc == 1) != NGX_OK)
+        {
+            goto failed;
+        }
     }
 
     pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_BUSY;
@@ -1236,17 +1420,7 @@ ngx_http_ratelimit_policy_pg_done(ngx_http_ratelimit_policy_pg_conn_t *pc,
         rc = NGX_HTTP_RATELIMIT_POLICY_PG_SQL_ERROR;
     }
 
-    /* pool a connection only outside of a transaction */
-
-    if (pc->ninflight == 0) {
-
-        if (PQtransactionStatus(pc->conn) == PQTRANS_IDLE) {
-            pc->state = NGX_HTTP_RATELIMIT_POLICY_PG_IDLE;
-
-        } else {
-            ngx_http_ratelimit_policy_pg_close(pc);
-        }
-    }
+    ngx_http_ratelimit_policy_pg_settle(pc);
 
     /*
      * the next waiting query goes out before this one's handler runs (it
@@ -1333,6 +1507,10 @@ ngx_http_ratelimit_policy_pg_close(ngx_http_ratelimit_policy_pg_conn_t *pc)
         ngx_del_timer(&pc->connect_timer);
     }
 
+    if (pc->sync.posted) {
+        ngx_delete_posted_event(&pc->sync);
+    }
+
     if (pc->c) {
         /*
          * libpq owns the descriptor: PQfinish() closes it, which also
@@ -1357,6 +1535,8 @@ ngx_http_ratelimit_policy_pg_close(ngx_http_ratelimit_policy_pg_conn_t *pc)
 
     ngx_queue_init(&pc->inflight);
     pc->ninflight = 0;
+    pc->unsynced = 0;
+    pc->syncs = 0;
     pc->pipeline = 0;
     pc->exclusive = 0;
     pc->results = 0;

@@ -16,20 +16,26 @@
 #        that comes after it waits behind it (first come, first served)
 #   6    no lookup follows a PATCH that waits for a row lock: lookups go
 #        to another connection and are answered at once
+#   7    the lookups of one turn of the event loop share one Sync: when
+#        the first fails, the server skips the four after it, and they
+#        are sent again and answered, not failed with it
 
 use lib 't/lib';
 use RLP;
 use RLPHelpers;
 use POSIX ();
+use IO::Select;
+use IO::Socket::INET;
+use Time::HiRes ();
 
 repeat_each(1);
 
-plan tests => 49;
+plan tests => 61;
 
 our $Api = '/v2/session/rate-limit';
 
 our %Token = (FREE => 'free-token-1001', PAID => 'paid-token-1002',
-              SLOW => 'free-token-1001');
+              SLOW => 'free-token-1001', POIS => 'free-token-1001');
 
 sub q_ {
     my ($id, $extra) = @_;
@@ -60,6 +66,86 @@ sub module_backends {
                       . " WHERE application_name = 'nginx ratelimit_policy'");
     $n =~ s/\s+//g;
     return $n;
+}
+
+# the lookup of an instance made with slow_instance() raises an error
+sub poison {
+    my $id = shift;
+    RLP::psql(<<"_SQL_");
+CREATE OR REPLACE FUNCTION rlp_test.slow(p_id text) RETURNS bool
+    LANGUAGE plpgsql VOLATILE AS \$\$
+BEGIN
+    IF p_id = '$id' THEN
+        RAISE EXCEPTION 'rlp_test: poisoned lookup of %', p_id;
+    END IF;
+    RETURN true;
+END
+\$\$;
+_SQL_
+}
+
+sub _response {
+    my ($s, $deadline) = @_;
+    my $buf = '';
+    my $sel = IO::Select->new($s);
+    while (Time::HiRes::time() < $deadline) {
+        my ($head, $body) = split /\r\n\r\n/, $buf, 2;
+        if (defined $body && $head =~ /^Content-Length:\s*(\d+)/mi
+            && length($body) >= $1)
+        {
+            return RLPHelpers::_parse($buf);
+        }
+        next unless $sel->can_read(0.1);
+        my $n = sysread($s, $buf, 65536, length $buf);
+        last unless $n;
+    }
+    return RLPHelpers::_parse($buf);
+}
+
+# GET requests written, one per connection, on connections nginx has
+# already accepted and served, while its worker is stopped (SIGSTOP): it
+# then reads them all in one turn of its event loop, in the order written
+sub one_turn {
+    my @paths = @_;
+    my @s;
+    for (@paths) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                      PeerPort => RLPHelpers::_port(),
+                                      Proto => 'tcp', Timeout => 5)
+            or die "connect: $!\n";
+        syswrite($s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        my $r = _response($s, Time::HiRes::time() + 5);
+        die "warm-up request: $r->{status}\n" unless $r->{status} == 200;
+        push @s, $s;
+    }
+    # the worker, or the one process of master_process off
+    my @w = main::workers_of(main::master_pid());
+    @w = (main::master_pid()) unless @w;
+    die "more than one worker: @w\n" unless @w == 1;
+    kill 'STOP', $w[0];
+    # the signal takes effect asynchronously: wait until it is stopped
+    my $stopped = 0;
+    for (1 .. 100) {
+        open my $st, '<', "/proc/$w[0]/stat" or last;
+        my $line = <$st> // '';
+        close $st;
+        if ($line =~ /^\d+ \(.*\) T /) {
+            $stopped = 1;
+            last;
+        }
+        Time::HiRes::sleep(0.01);
+    }
+    unless ($stopped) {
+        kill 'CONT', $w[0];
+        die "nginx ($w[0]) did not stop\n";
+    }
+    for my $i (0 .. $#s) {
+        syswrite($s[$i], "GET $paths[$i] HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        Time::HiRes::sleep(0.02);
+    }
+    kill 'CONT', $w[0];
+    my $deadline = Time::HiRes::time() + 10;
+    return map { _response($_, $deadline) } @s;
 }
 
 run_tests();
@@ -294,3 +380,39 @@ GET /v2/session/rate-limit?instance_id=PAID00000001&access_token=paid-token-1002
 --- response_body_like: "current_policy":"unlimited"
 --- no_error_log
 [error]
+
+
+
+=== TEST 7: the lookups of one turn share a Sync; when the first fails, the others are sent again and answered
+--- http_config
+    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=1 pipeline=8
+                        query_timeout=5s;
+    ratelimit_policy_zone zone=ratelimit:8m;
+--- config
+    location = /v2/session/rate-limit { ratelimit_policy_api; }
+    location = /metrics { ratelimit_policy_metrics; }
+--- init
+reset_fixtures();
+wait_listener();
+Test::More::is(http_get(main::q_('FREE00000002'))->{status}, 200,
+               'TEST 7: warm');
+my @ids = ('POIS00000001', map { "SLOW0000007$_" } 1 .. 4);
+slow_instance($_, 0, 1001) for @ids;
+main::poison('POIS00000001');
+my @r = main::one_turn(map { main::q_($_) } @ids);
+Test::More::is(join(' ', map { $_->{status} } @r), '503 200 200 200 200',
+               'TEST 7: the failed lookup 503, the four after it served');
+Test::More::like($r[$_]{body}, qr/"current_policy":"standard_policy"/,
+                 "TEST 7: $ids[$_] answered") for 1 .. 4;
+my $m = http_get('/metrics')->{body};
+Test::More::is(main::metric($m, 'db_wait_queue_length'), 0,
+               'TEST 7: nothing left waiting');
+Test::More::is(main::module_backends(), 2,
+               'TEST 7: the same pooled connection and the listener');
+restore_schema();
+--- request
+GET /v2/session/rate-limit?instance_id=FREE00000003&access_token=free-token-1001
+--- response_body_like: "current_policy":"standard_policy"
+--- error_log
+rlp_test: poisoned lookup of POIS00000001
+lookup skipped after an earlier query of its pipeline failed, sent again
