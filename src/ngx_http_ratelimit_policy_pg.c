@@ -1139,6 +1139,7 @@ ngx_http_ratelimit_policy_pg_read_pipeline(
                 pc->result = NULL;
 
                 ngx_http_ratelimit_policy_pg_done(pc, res);
+                after = NULL;
                 continue;
             }
 
@@ -1146,6 +1147,9 @@ ngx_http_ratelimit_policy_pg_read_pipeline(
 
             ngx_http_ratelimit_policy_pg_settle(pc);
             ngx_http_ratelimit_policy_pg_dispatch(pg);
+
+            /* what waited may be on a connection now */
+            after = NULL;
             continue;
         }
 
@@ -1191,6 +1195,7 @@ ngx_http_ratelimit_policy_pg_read_pipeline(
         }
 
         ngx_http_ratelimit_policy_pg_done(pc, res);
+        after = NULL;
     }
 }
 
@@ -1198,7 +1203,8 @@ ngx_http_ratelimit_policy_pg_read_pipeline(
 /*
  * The first lookup in flight, skipped by the server after an earlier
  * query of its group failed, waits again at the head of the queue (after
- * the others of the group, in order), within its own time.
+ * the others of the group, in order: "after" is the last of them, until
+ * a dispatch may have taken it), within its own time.
  */
 
 static void

@@ -1,7 +1,8 @@
 # Lookups in libpq's pipeline mode (ratelimit_policy_db pipeline=N,
 # default 8): a lookup that finds no idle connection follows the lookups
-# already running on one, each with a Sync of its own, up to N per
-# connection.  Other statements run alone on a connection.
+# already running on one, up to N per connection; the lookups of one turn
+# of the event loop share one Sync.  Other statements run alone on a
+# connection, each with a Sync of its own.
 #
 #   1    pool=1 pipeline=3 queue=1: of five concurrent slow lookups, three
 #        run on the one connection and one waits: four served, one fast
@@ -19,6 +20,8 @@
 #   7    the lookups of one turn of the event loop share one Sync: when
 #        the first fails, the server skips the four after it, and they
 #        are sent again and answered, not failed with it
+#   8    two such groups on one connection, the second sent while the
+#        first still runs: each failed lookup fails alone
 
 use lib 't/lib';
 use RLP;
@@ -30,7 +33,7 @@ use Time::HiRes ();
 
 repeat_each(1);
 
-plan tests => 61;
+plan tests => 69;
 
 our $Api = '/v2/session/rate-limit';
 
@@ -68,14 +71,21 @@ sub module_backends {
     return $n;
 }
 
-# the lookup of an instance made with slow_instance() raises an error
+# the lookups of instances made with slow_instance() raise an error, after
+# their seconds of sleep
 sub poison {
-    my $id = shift;
+    my @ids = map { "'$_'" } @_;
+    local $" = ', ';
     RLP::psql(<<"_SQL_");
 CREATE OR REPLACE FUNCTION rlp_test.slow(p_id text) RETURNS bool
     LANGUAGE plpgsql VOLATILE AS \$\$
+DECLARE s float8;
 BEGIN
-    IF p_id = '$id' THEN
+    SELECT secs INTO s FROM rlp_test.slow_ids WHERE instance_id = p_id;
+    IF FOUND THEN
+        PERFORM pg_sleep(s);
+    END IF;
+    IF p_id IN (@ids) THEN
         RAISE EXCEPTION 'rlp_test: poisoned lookup of %', p_id;
     END IF;
     RETURN true;
@@ -102,11 +112,31 @@ sub _response {
     return RLPHelpers::_parse($buf);
 }
 
+sub _stop {
+    my $pid = shift;
+    kill 'STOP', $pid;
+    # the signal takes effect asynchronously: wait until it is stopped
+    for (1 .. 100) {
+        open my $st, '<', "/proc/$pid/stat" or last;
+        my $line = <$st> // '';
+        close $st;
+        return if $line =~ /^\d+ \(.*\) T /;
+        Time::HiRes::sleep(0.01);
+    }
+    kill 'CONT', $pid;
+    die "nginx ($pid) did not stop\n";
+}
+
 # GET requests written, one per connection, on connections nginx has
 # already accepted and served, while its worker is stopped (SIGSTOP): it
 # then reads them all in one turn of its event loop, in the order written
 sub one_turn {
-    my @paths = @_;
+    return turns([@_]);
+}
+
+# the same for several turns, 0.2 s apart; the responses in order
+sub turns {
+    my @paths = map { @$_ } @_;
     my @s;
     for (@paths) {
         my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
@@ -122,28 +152,17 @@ sub one_turn {
     my @w = main::workers_of(main::master_pid());
     @w = (main::master_pid()) unless @w;
     die "more than one worker: @w\n" unless @w == 1;
-    kill 'STOP', $w[0];
-    # the signal takes effect asynchronously: wait until it is stopped
-    my $stopped = 0;
-    for (1 .. 100) {
-        open my $st, '<', "/proc/$w[0]/stat" or last;
-        my $line = <$st> // '';
-        close $st;
-        if ($line =~ /^\d+ \(.*\) T /) {
-            $stopped = 1;
-            last;
+    my $i = 0;
+    for my $turn (@_) {
+        Time::HiRes::sleep(0.2) if $i;
+        _stop($w[0]);
+        for (@$turn) {
+            syswrite($s[$i], "GET $paths[$i] HTTP/1.1\r\nHost: localhost\r\n\r\n");
+            $i++;
+            Time::HiRes::sleep(0.02);
         }
-        Time::HiRes::sleep(0.01);
-    }
-    unless ($stopped) {
         kill 'CONT', $w[0];
-        die "nginx ($w[0]) did not stop\n";
     }
-    for my $i (0 .. $#s) {
-        syswrite($s[$i], "GET $paths[$i] HTTP/1.1\r\nHost: localhost\r\n\r\n");
-        Time::HiRes::sleep(0.02);
-    }
-    kill 'CONT', $w[0];
     my $deadline = Time::HiRes::time() + 10;
     return map { _response($_, $deadline) } @s;
 }
@@ -416,3 +435,41 @@ GET /v2/session/rate-limit?instance_id=FREE00000003&access_token=free-token-1001
 --- error_log
 rlp_test: poisoned lookup of POIS00000001
 lookup skipped after an earlier query of its pipeline failed, sent again
+
+
+
+=== TEST 8: two aborted groups on one connection, the second sent while the first runs
+--- http_config
+    ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=1 pipeline=8
+                        query_timeout=5s;
+    ratelimit_policy_zone zone=ratelimit:8m;
+--- config
+    location = /v2/session/rate-limit { ratelimit_policy_api; }
+    location = /metrics { ratelimit_policy_metrics; }
+--- init
+reset_fixtures();
+wait_listener();
+Test::More::is(http_get(main::q_('FREE00000002'))->{status}, 200,
+               'TEST 8: warm');
+slow_instance('POIS00000001', 0.6, 1001);
+slow_instance($_, 0, 1001) for qw(POIS00000002 SLOW00000081 SLOW00000082
+                                  SLOW00000083);
+main::poison('POIS00000001', 'POIS00000002');
+my @r = main::turns([ map { main::q_($_) } qw(POIS00000001 SLOW00000081
+                                              SLOW00000082) ],
+                    [ map { main::q_($_) } qw(POIS00000002
+                                              SLOW00000083) ]);
+Test::More::is(join(' ', map { $_->{status} } @r), '503 200 200 503 200',
+               'TEST 8: each failed lookup failed alone');
+my $m = http_get('/metrics')->{body};
+Test::More::is(main::metric($m, 'db_wait_queue_length'), 0,
+               'TEST 8: nothing left waiting');
+Test::More::is(main::module_backends(), 2,
+               'TEST 8: the same pooled connection and the listener');
+restore_schema();
+--- request
+GET /v2/session/rate-limit?instance_id=FREE00000003&access_token=free-token-1001
+--- response_body_like: "current_policy":"standard_policy"
+--- error_log
+rlp_test: poisoned lookup of POIS00000001
+rlp_test: poisoned lookup of POIS00000002
