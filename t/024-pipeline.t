@@ -71,29 +71,6 @@ sub module_backends {
     return $n;
 }
 
-# the lookups of instances made with slow_instance() raise an error, after
-# their seconds of sleep
-sub poison {
-    my @ids = map { "'$_'" } @_;
-    local $" = ', ';
-    RLP::psql(<<"_SQL_");
-CREATE OR REPLACE FUNCTION rlp_test.slow(p_id text) RETURNS bool
-    LANGUAGE plpgsql VOLATILE AS \$\$
-DECLARE s float8;
-BEGIN
-    SELECT secs INTO s FROM rlp_test.slow_ids WHERE instance_id = p_id;
-    IF FOUND THEN
-        PERFORM pg_sleep(s);
-    END IF;
-    IF p_id IN (@ids) THEN
-        RAISE EXCEPTION 'rlp_test: poisoned lookup of %', p_id;
-    END IF;
-    RETURN true;
-END
-\$\$;
-_SQL_
-}
-
 sub _response {
     my ($s, $deadline) = @_;
     my $buf = '';
@@ -417,7 +394,7 @@ Test::More::is(http_get(main::q_('FREE00000002'))->{status}, 200,
                'TEST 7: warm');
 my @ids = ('POIS00000001', map { "SLOW0000007$_" } 1 .. 4);
 slow_instance($_, 0, 1001) for @ids;
-main::poison('POIS00000001');
+fail_instance('POIS00000001');
 my @r = main::one_turn(map { main::q_($_) } @ids);
 Test::More::is(join(' ', map { $_->{status} } @r), '503 200 200 200 200',
                'TEST 7: the failed lookup 503, the four after it served');
@@ -454,7 +431,7 @@ Test::More::is(http_get(main::q_('FREE00000002'))->{status}, 200,
 slow_instance('POIS00000001', 0.6, 1001);
 slow_instance($_, 0, 1001) for qw(POIS00000002 SLOW00000081 SLOW00000082
                                   SLOW00000083);
-main::poison('POIS00000001', 'POIS00000002');
+fail_instance('POIS00000001', 'POIS00000002');
 my @r = main::turns([ map { main::q_($_) } qw(POIS00000001 SLOW00000081
                                               SLOW00000082) ],
                     [ map { main::q_($_) } qw(POIS00000002

@@ -94,7 +94,7 @@ our @EXPORT = qw(
     api_path http_get http_request http_parallel wait_listener wait_until
     lookups catalogues slow_instance restore_schema pg_is_up pg_ensure_up
     free_port install_counters without_notify master_pid workers_of
-    terminate_lookups_after
+    terminate_lookups_after fail_instance
 );
 
 for my $f (@EXPORT) {
@@ -337,14 +337,19 @@ sub slow_instance {
     RLP::psql(<<"_SQL_");
 CREATE SCHEMA IF NOT EXISTS rlp_test;
 CREATE TABLE IF NOT EXISTS rlp_test.slow_ids (
-    instance_id text PRIMARY KEY, secs float8 NOT NULL);
+    instance_id text PRIMARY KEY, secs float8 NOT NULL,
+    fail bool NOT NULL DEFAULT false);
 CREATE OR REPLACE FUNCTION rlp_test.slow(p_id text) RETURNS bool
     LANGUAGE plpgsql VOLATILE AS \$\$
-DECLARE s float8;
+DECLARE s float8; f bool;
 BEGIN
-    SELECT secs INTO s FROM rlp_test.slow_ids WHERE instance_id = p_id;
+    SELECT secs, fail INTO s, f FROM rlp_test.slow_ids
+     WHERE instance_id = p_id;
     IF FOUND THEN
         PERFORM pg_sleep(s);
+        IF f THEN
+            RAISE EXCEPTION 'rlp_test: poisoned lookup of %', p_id;
+        END IF;
     END IF;
     RETURN true;
 END
@@ -364,6 +369,14 @@ CREATE OR REPLACE VIEW ratelimit.instance_entitlements AS
      WHERE rlp_test.slow(i.instance_id);
 _SQL_
     $SlowInstalled = 1;
+    return;
+}
+
+# the lookups of instances made with slow_instance() raise an error after
+# their seconds of sleep
+sub fail_instance {
+    RLP::psql(join '', map { "UPDATE rlp_test.slow_ids SET fail = true"
+                             . " WHERE instance_id = '$_';" } @_);
     return;
 }
 
