@@ -134,6 +134,7 @@ static void ngx_http_ratelimit_policy_pg_event_handler(ngx_event_t *ev);
 static void ngx_http_ratelimit_policy_pg_read(
     ngx_http_ratelimit_policy_pg_conn_t *pc);
 static void ngx_http_ratelimit_policy_pg_sync(ngx_event_t *ev);
+static ngx_uint_t ngx_http_ratelimit_policy_pg_fatal(PGresult *res);
 static void ngx_http_ratelimit_policy_pg_again(
     ngx_http_ratelimit_policy_pg_conn_t *pc, ngx_queue_t **after);
 static void ngx_http_ratelimit_policy_pg_settle(
@@ -1188,6 +1189,17 @@ ngx_http_ratelimit_policy_pg_read_pipeline(
         res = pc->result;
         pc->result = NULL;
 
+        if (ngx_http_ratelimit_policy_pg_fatal(res)) {
+            /*
+             * the server ends the session (pg_terminate_backend(), a
+             * shutdown): this query and those after it are lost with the
+             * connection, not sent again
+             */
+            PQclear(res);
+            ngx_http_ratelimit_policy_pg_broken(pc, "the server ended it");
+            return;
+        }
+
         if (res && PQresultStatus(res) == PGRES_PIPELINE_ABORTED) {
             PQclear(res);
             ngx_http_ratelimit_policy_pg_again(pc, &after);
@@ -1197,6 +1209,23 @@ ngx_http_ratelimit_policy_pg_read_pipeline(
         ngx_http_ratelimit_policy_pg_done(pc, res);
         after = NULL;
     }
+}
+
+
+static ngx_uint_t
+ngx_http_ratelimit_policy_pg_fatal(PGresult *res)
+{
+    char  *severity;
+
+    if (res == NULL || PQresultStatus(res) != PGRES_FATAL_ERROR) {
+        return 0;
+    }
+
+    severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+
+    return severity != NULL
+           && (ngx_strcmp(severity, "FATAL") == 0
+               || ngx_strcmp(severity, "PANIC") == 0);
 }
 
 
