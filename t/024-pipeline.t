@@ -144,6 +144,29 @@ sub turns {
     return map { _response($_, $deadline) } @s;
 }
 
+# after a test of aborted groups: nothing waits, one pooled connection
+sub settled {
+    my $T = shift;
+    my $m = http_get('/metrics')->{body};
+    Test::More::is(metric($m, 'db_wait_queue_length'), 0,
+                   "$T: nothing left waiting");
+    Test::More::is(module_backends(), 2,
+                   "$T: the same pooled connection and the listener");
+}
+
+# every block: the API and the metrics, fixtures reset, the listener up
+add_block_preprocessor(sub {
+    my $block = shift;
+
+    $block->set_value(config => <<'EOC') unless defined $block->config;
+    location = /v2/session/rate-limit { ratelimit_policy_api; }
+    location = /metrics { ratelimit_policy_metrics; }
+EOC
+
+    my $init = $block->init // '';
+    $block->set_value(init => "reset_fixtures();\nwait_listener();\n$init");
+});
+
 run_tests();
 
 __DATA__
@@ -153,12 +176,7 @@ __DATA__
     ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=1 pipeline=3 queue=1
                         query_timeout=5s;
     ratelimit_policy_zone zone=ratelimit:8m;
---- config
-    location = /v2/session/rate-limit { ratelimit_policy_api; }
-    location = /metrics { ratelimit_policy_metrics; }
 --- init
-reset_fixtures();
-wait_listener();
 Test::More::is(http_get(main::q_('FREE00000002'))->{status}, 200,
                'TEST 1: warm');
 my @ids = map { sprintf 'SLOW%08d', $_ } 1 .. 10;
@@ -202,11 +220,7 @@ database queue is full
     ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=1 pipeline=1 queue=1
                         query_timeout=5s;
     ratelimit_policy_zone zone=ratelimit:8m;
---- config
-    location = /v2/session/rate-limit { ratelimit_policy_api; }
 --- init
-reset_fixtures();
-wait_listener();
 Test::More::is(http_get(main::q_('FREE00000002'))->{status}, 200,
                'TEST 2: warm');
 slow_instance("SLOW0000000$_", 0.3, 1001) for 1 .. 5;
@@ -229,12 +243,7 @@ database queue is full
     ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=1 pipeline=4
                         query_timeout=1s;
     ratelimit_policy_zone zone=ratelimit:8m;
---- config
-    location = /v2/session/rate-limit { ratelimit_policy_api; }
-    location = /metrics { ratelimit_policy_metrics; }
 --- init
-reset_fixtures();
-wait_listener();
 Test::More::is(http_get(main::q_('FREE00000001'))->{status}, 200,
                'TEST 3: warm');
 my $pid = main::pooled_backend();
@@ -270,11 +279,7 @@ query "ratelimit_policy_lookup" timed out
     ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=1 pipeline=4
                         query_timeout=5s;
     ratelimit_policy_zone zone=ratelimit:8m;
---- config
-    location = /v2/session/rate-limit { ratelimit_policy_api; }
 --- init
-reset_fixtures();
-wait_listener();
 Test::More::is(http_get(main::q_('FREE00000002'))->{status}, 200,
                'TEST 4: warm');
 slow_instance("SLOW0000000$_", 3, 1001) for 1 .. 3;
@@ -300,12 +305,7 @@ database connection lost
     ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=1 pipeline=4
                         query_timeout=5s;
     ratelimit_policy_zone zone=ratelimit:8m;
---- config
-    location = /v2/session/rate-limit { ratelimit_policy_api; }
-    location = /metrics { ratelimit_policy_metrics; }
 --- init
-reset_fixtures();
-wait_listener();
 # the PATCH's instance cached: the PATCH sends its statement only
 Test::More::is(http_get(main::q_('FREE00000003'))->{status}, 200,
                'TEST 5: warm');
@@ -341,11 +341,7 @@ GET /v2/session/rate-limit?instance_id=FREE00000003&access_token=free-token-1001
     ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=2 pipeline=4
                         query_timeout=5s;
     ratelimit_policy_zone zone=ratelimit:8m;
---- config
-    location = /v2/session/rate-limit { ratelimit_policy_api; }
 --- init
-reset_fixtures();
-wait_listener();
 Test::More::is(http_get(main::q_('PAID00000001'))->{status}, 200,
                'TEST 6: warm');
 my $locker = fork() // die;
@@ -384,12 +380,7 @@ GET /v2/session/rate-limit?instance_id=PAID00000001&access_token=paid-token-1002
     ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=1 pipeline=8
                         query_timeout=5s;
     ratelimit_policy_zone zone=ratelimit:8m;
---- config
-    location = /v2/session/rate-limit { ratelimit_policy_api; }
-    location = /metrics { ratelimit_policy_metrics; }
 --- init
-reset_fixtures();
-wait_listener();
 Test::More::is(http_get(main::q_('FREE00000002'))->{status}, 200,
                'TEST 7: warm');
 my @ids = ('POIS00000001', map { "SLOW0000007$_" } 1 .. 4);
@@ -400,11 +391,7 @@ Test::More::is(join(' ', map { $_->{status} } @r), '503 200 200 200 200',
                'TEST 7: the failed lookup 503, the four after it served');
 Test::More::like($r[$_]{body}, qr/"current_policy":"standard_policy"/,
                  "TEST 7: $ids[$_] answered") for 1 .. 4;
-my $m = http_get('/metrics')->{body};
-Test::More::is(main::metric($m, 'db_wait_queue_length'), 0,
-               'TEST 7: nothing left waiting');
-Test::More::is(main::module_backends(), 2,
-               'TEST 7: the same pooled connection and the listener');
+main::settled('TEST 7');
 restore_schema();
 --- request
 GET /v2/session/rate-limit?instance_id=FREE00000003&access_token=free-token-1001
@@ -420,12 +407,7 @@ lookup skipped after an earlier query of its pipeline failed, sent again
     ratelimit_policy_db "$TEST_NGINX_PG_CONNINFO" pool=1 pipeline=8
                         query_timeout=5s;
     ratelimit_policy_zone zone=ratelimit:8m;
---- config
-    location = /v2/session/rate-limit { ratelimit_policy_api; }
-    location = /metrics { ratelimit_policy_metrics; }
 --- init
-reset_fixtures();
-wait_listener();
 Test::More::is(http_get(main::q_('FREE00000002'))->{status}, 200,
                'TEST 8: warm');
 slow_instance('POIS00000001', 0.6, 1001);
@@ -438,11 +420,7 @@ my @r = main::turns([ map { main::q_($_) } qw(POIS00000001 SLOW00000081
                                               SLOW00000083) ]);
 Test::More::is(join(' ', map { $_->{status} } @r), '503 200 200 503 200',
                'TEST 8: each failed lookup failed alone');
-my $m = http_get('/metrics')->{body};
-Test::More::is(main::metric($m, 'db_wait_queue_length'), 0,
-               'TEST 8: nothing left waiting');
-Test::More::is(main::module_backends(), 2,
-               'TEST 8: the same pooled connection and the listener');
+main::settled('TEST 8');
 restore_schema();
 --- request
 GET /v2/session/rate-limit?instance_id=FREE00000003&access_token=free-token-1001
