@@ -286,6 +286,9 @@ ngx_http_ratelimit_policy_pg_init_process(ngx_cycle_t *cycle,
         pg->conns[i].connect_timer.data = &pg->conns[i];
         pg->conns[i].connect_timer.log = cycle->log;
         pg->conns[i].connect_timer.cancelable = 1;
+        pg->conns[i].sync.handler = ngx_http_ratelimit_policy_pg_sync;
+        pg->conns[i].sync.data = &pg->conns[i];
+        pg->conns[i].sync.log = cycle->log;
     }
 
     rpmcf->pg = pg;
@@ -1355,9 +1358,6 @@ ngx_http_ratelimit_policy_pg_run(ngx_http_ratelimit_policy_pg_conn_t *pc,
         pc->unsynced++;
 
         if (!pc->sync.posted) {
-            pc->sync.handler = ngx_http_ratelimit_policy_pg_sync;
-            pc->sync.data = pc;
-            pc->sync.log = pc->pg->log;
             ngx_post_event(&pc->sync, &ngx_posted_events);
         }
 
